@@ -1,0 +1,42 @@
+"""``create_app``: the one place where settings, cache, driver and resources are wired together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+import falcon.asgi
+
+from falcon_oauth import resources as r
+from falcon_oauth.cache import VerdictCache
+from falcon_oauth.introspect import AsyncAuthenticator, Authenticator
+from falcon_oauth.settings import Settings
+
+
+def create_app(settings: Settings, *, asgi: bool, transport: Any = None) -> falcon.App:
+    """The plugin as an ASGI app (``asgi=True``) or a WSGI app.
+
+    ``transport`` replaces the HTTP transport to the authorization server (an ``httpx`` transport);
+    tests use it to produce faults a real server cannot be made to.
+    """
+    cache = VerdictCache(settings)
+    middleware: list[Any] = []
+    if settings.plugin_api_key:
+        middleware.append(r.RequireApiKey(settings.plugin_api_key))
+    if asgi:
+        driver: Any = AsyncAuthenticator(settings, cache, transport)
+        middleware.insert(0, r.Lifespan(driver))
+        app: falcon.App = falcon.asgi.App(middleware=middleware)
+        health, ready, authenticate, purge = r.AsyncHealth, r.AsyncReady, r.AsyncAuthenticate, r.AsyncPurge
+    else:
+        driver = Authenticator(settings, cache, transport)
+        app = falcon.App(middleware=middleware)
+        health, ready, authenticate, purge = r.Health, r.Ready, r.Authenticate, r.Purge
+    app.req_options.strip_url_path_trailing_slash = True
+    app.set_error_serializer(r.serialize_error)
+    app.add_route("/health", health(settings))
+    app.add_route("/health/ready", ready(driver))
+    app.add_route("/plugin/authenticate", authenticate(driver, settings.max_body_bytes))
+    if settings.plugin_api_key:  # purging is only ever open to the holder of the plugin's key
+        app.add_route("/plugin/cache/purge", purge(driver, settings.max_body_bytes, settings.token_max_length))
+    return app

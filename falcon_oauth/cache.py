@@ -1,0 +1,266 @@
+"""The verdict cache: a dogpile.cache region chosen by settings (memory, memcached or null).
+
+- Keys are an HMAC-SHA256 of the token under a deployment secret, bound to the introspection endpoint,
+  a format version and (memcached) a generation that ``clear()`` bumps: the region's key mangler.
+- Values are JSON ``{"record": ..., "expires_at": ...}`` and hold no token; one that fails to decode is
+  a miss. ``expires_at`` gives every entry its own lifetime (never past the token's ``exp``).
+- The memory backend is handed a bounded, thread-safe LRU mapping: dogpile's own dict never evicts.
+- The memcached backend is dogpile's pymemcache backend with socket timeouts and JSON values.
+- A cache fault is never a request fault: it is counted, logged at most once a minute, and reads as a miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from dogpile.cache import make_region, register_backend
+from dogpile.cache.api import NO_VALUE, CantDeserializeException
+from dogpile.cache.backends.memcached import PyMemcacheBackend
+
+from falcon_oauth.core import Introspected, cache_ttl
+from falcon_oauth.settings import Settings
+
+log = logging.getLogger("falcon_oauth.cache")
+
+KEY_FORMAT = "fo1"
+ERROR_LOG_INTERVAL = 60.0
+GENERATION_REFRESH = 1.0
+
+
+class LRUDict:
+    """The mapping dogpile's memory backend stores into, bounded to ``max_entries`` (least recently used
+    goes first). cachetools' LRUCache is not thread-safe, and WSGI workers run threads."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._data: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            try:
+                self._data.move_to_end(key)
+            except KeyError:
+                return default
+            return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            return self._data.pop(key, default)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class TimedPyMemcacheBackend(PyMemcacheBackend):
+    """dogpile's pymemcache backend, plus the socket timeouts it does not pass on: without them a hung
+    memcached hangs the request."""
+
+    def __init__(self, arguments: dict[str, Any]) -> None:
+        super().__init__(arguments)
+        self.socket_timeout = arguments["socket_timeout"]
+
+    def _create_client(self) -> Any:
+        import pymemcache
+
+        return pymemcache.client.hash.HashClient(
+            self.url, serde=self.serde, default_noreply=False,
+            connect_timeout=self.socket_timeout, timeout=self.socket_timeout,
+            retry_attempts=self.hashclient_retry_attempts, retry_timeout=self.hashclient_retry_timeout,
+            dead_timeout=self.dead_timeout,
+        )
+
+
+register_backend("falcon_oauth.pymemcache", "falcon_oauth.cache", "TimedPyMemcacheBackend")
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise CantDeserializeException() from None
+
+
+def region_config(settings: Settings) -> dict[str, Any]:
+    """The region's configuration as dogpile's prefixed dict (``configure_from_config``)."""
+    if settings.cache_backend == "memcached":
+        return {
+            "cache.backend": "falcon_oauth.pymemcache",
+            "cache.arguments.url": list(settings.memcached_servers),
+            "cache.arguments.socket_timeout": settings.memcached_timeout,
+            "cache.arguments.distributed_lock": True,
+            # held at most as long as one introspection (and userinfo) may take, then released by memcached
+            "cache.arguments.lock_timeout": lock_timeout(settings),
+            # memcached drops entries by itself at the longest lifetime; expires_at is the precise one
+            "cache.arguments.memcached_expire_time": max(settings.cache_ttl, settings.cache_negative_ttl) + 1,
+            "cache.arguments.hashclient_retry_attempts": 1,
+            "cache.arguments.hashclient_retry_timeout": 1,
+            "cache.arguments.hashclient_dead_timeout": 2,
+        }
+    if settings.cache_backend == "memory":
+        return {"cache.backend": "dogpile.cache.memory",
+                "cache.arguments.cache_dict": LRUDict(settings.cache_max_entries)}
+    return {"cache.backend": "dogpile.cache.null"}
+
+
+def lock_timeout(settings: Settings) -> int:
+    calls = 2 if settings.userinfo_endpoint else 1
+    return math.ceil(settings.auth_server_timeout * calls) + 1
+
+
+class VerdictCache:
+    """Introspection records by token, with their own lifetimes. Every method is safe to call when the
+    backend is down: reads miss, writes are dropped."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self.backend_name = settings.cache_backend
+        self.blocking = settings.cache_backend == "memcached"  # network I/O: keep it off the event loop
+        self.lock_timeout = lock_timeout(settings)
+        self._clock = clock
+        self._ttl = settings.cache_ttl
+        self._negative_ttl = settings.cache_negative_ttl
+        secret = settings.cache_key_secret or (
+            f"{settings.oauth_client_id}\0{settings.oauth_client_secret}")
+        self._secret = hashlib.sha256(f"{KEY_FORMAT}\0{secret}".encode()).digest()
+        self._scope = settings.introspection_url
+        self._generation_key = f"{KEY_FORMAT}:gen:" + self._hmac("generation")
+        self._generation = 0
+        self._generation_read = -math.inf
+        self._last_error_log = -math.inf
+        self.errors = 0
+        serializing = {"serializer": _dumps, "deserializer": _loads} if self.blocking else {}
+        self.region = make_region(key_mangler=self.key, **serializing).configure_from_config(
+            region_config(settings), "cache.")
+
+    def _hmac(self, message: str) -> str:
+        return hmac.new(self._secret, f"{self._scope}\0{message}".encode(), hashlib.sha256).hexdigest()
+
+    def key(self, token: str) -> str:
+        """The cache key of a token: no token can be recovered from it."""
+        generation = self._current_generation()
+        return f"{KEY_FORMAT}:" + self._hmac(f"{generation}\0{token}")
+
+    def _current_generation(self) -> int:
+        if not self.blocking:
+            return 0
+        now = time.monotonic()
+        if now - self._generation_read >= GENERATION_REFRESH:
+            self._generation_read = now
+            try:
+                self._generation = int(self.region.backend.client.get(self._generation_key) or 0)
+            except Exception as exc:  # a fault reads as "no change"
+                self._report(exc)
+        return self._generation
+
+    def _report(self, exc: BaseException) -> None:
+        self.errors += 1
+        now = time.monotonic()
+        if now - self._last_error_log >= ERROR_LOG_INTERVAL:
+            self._last_error_log = now
+            log.warning("cache backend %s failed (%s); answering from the authorization server",
+                        self.backend_name, type(exc).__name__)
+
+    def ttl(self, record: Introspected) -> float:
+        return cache_ttl(record, self._clock(), self._ttl, self._negative_ttl)
+
+    def get(self, token: str) -> Introspected | None:
+        try:
+            value = self.region.get(token)
+        except Exception as exc:
+            self._report(exc)
+            return None
+        if value is NO_VALUE:
+            return None
+        try:
+            if value["expires_at"] <= self._clock():
+                return None
+            return Introspected.from_json(value["record"])
+        except (TypeError, KeyError, ValueError):
+            return None
+
+    def set(self, token: str, record: Introspected) -> None:
+        ttl = self.ttl(record)
+        if ttl <= 0:
+            return
+        try:
+            self.region.set(token, {"record": record.to_json(), "expires_at": self._clock() + ttl})
+        except Exception as exc:
+            self._report(exc)
+
+    def delete(self, token: str) -> None:
+        try:
+            self.region.delete(token)
+        except Exception as exc:
+            self._report(exc)
+
+    def clear(self) -> None:
+        """Forget every entry of this deployment: memory is emptied, memcached's generation bumped."""
+        if self.blocking:
+            client = self.region.backend.client
+            if client.incr(self._generation_key, 1) is None:
+                client.add(self._generation_key, "1", expire=0)
+            self._generation_read = -math.inf
+        else:
+            cache_dict = getattr(self.region.backend, "_cache", None)
+            if cache_dict is not None:
+                cache_dict.clear()
+
+    def mutex(self, token: str) -> Any | None:
+        """The backend's lock shared by every instance (memcached), or None when there is none."""
+        return self.region.backend.get_mutex(self.key(token))
+
+    def try_lock(self, mutex: Any) -> bool:
+        """Take the shared lock without waiting; a fault counts as taken (go on without the lock)."""
+        try:
+            return bool(mutex.acquire(wait=False))
+        except Exception as exc:
+            self._report(exc)
+            return True
+
+    def locked(self, mutex: Any) -> bool:
+        try:
+            return bool(mutex.locked())
+        except Exception as exc:
+            self._report(exc)
+            return False
+
+    def unlock(self, mutex: Any) -> None:
+        try:
+            mutex.release()
+        except Exception as exc:
+            self._report(exc)
+
+    def ping(self) -> bool:
+        """Whether the backend answers now (for readiness)."""
+        if not self.blocking:
+            return True
+        try:
+            self.region.backend.client.get(self._generation_key)
+            return True
+        except Exception as exc:
+            self._report(exc)
+            return False

@@ -1,0 +1,400 @@
+"""The sans-IO core: everything between bytes in and bytes out that needs no network, clock or framework.
+
+- ``parse_body`` / ``parse_plugin_request``: a MockForge request (either dialect) → which token, which dialect.
+- ``introspection_request`` / ``introspection_result``: the RFC 7662 call as plain data, and its answer
+  turned into an ``Introspected`` record (or ``Undecided`` when the server's answer cannot be trusted).
+- ``userinfo_request`` / ``merge_userinfo``: the optional OpenID Connect userinfo step.
+- ``decide``: an ``Introspected`` record + the clock → a ``Verdict``; run on every request, cached or not.
+- ``cache_ttl``: how long an ``Introspected`` record may be kept.
+- ``render_*``: a verdict or an undecided outcome → the answer in the request's dialect.
+
+This module imports neither falcon, httpx nor dogpile; its tests need no server.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+from urllib.parse import parse_qs, quote_plus, urlsplit
+
+MAX_JSON_DEPTH = 32
+
+# Reason codes of verdicts (HTTP 200, authenticated false) ...
+MISSING_TOKEN = "missing_token"
+INVALID_TOKEN = "invalid_token"
+TOKEN_INACTIVE = "token_inactive"
+TOKEN_EXPIRED = "token_expired"
+TOKEN_NOT_YET_VALID = "token_not_yet_valid"
+USERINFO_MISMATCH = "userinfo_mismatch"
+USERINFO_REJECTED = "userinfo_rejected"
+# ... and of "cannot decide" (HTTP 503).
+AUTH_SERVER_UNAVAILABLE = "auth_server_unavailable"
+AUTH_SERVER_ERROR = "auth_server_error"
+AUTH_SERVER_BAD_RESPONSE = "auth_server_bad_response"
+
+# Claims that only the introspection response may set; userinfo never overrides them.
+PROTECTED_CLAIMS = frozenset({"sub", "scope", "client_id", "exp", "iat", "nbf", "aud", "iss", "token_type"})
+
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+class Dialect(str, Enum):
+    SDK = "sdk"
+    HOST = "host"
+
+
+class BadRequest(Exception):
+    """The plugin request itself is unusable: a 4xx, never a verdict and never a call out."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class Undecided(Exception):
+    """The authorization server's answer cannot be trusted either way: 503, never cached."""
+
+    def __init__(self, code: str, detail: str = "", retry_after: int = 5) -> None:
+        super().__init__(code)
+        self.code = code
+        self.detail = detail  # for logs: a status code or an exception class, never upstream text
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class PluginRequest:
+    dialect: Dialect
+    token: str | None
+    problem: str | None = None  # MISSING_TOKEN or INVALID_TOKEN when there is no usable token
+    method: str | None = None
+    path: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """An outgoing request as plain data; a driver sends it."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    form: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Introspected:
+    """What the authorization server said of a token: the part that may be cached. Holds no token."""
+
+    active: bool
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    reason: str | None = None  # why inactive
+
+    def to_json(self) -> dict[str, Any]:
+        return {"active": self.active, "claims": dict(self.claims), "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, value: Any) -> Introspected:
+        if not (isinstance(value, dict) and isinstance(value.get("active"), bool)
+                and isinstance(value.get("claims"), dict)
+                and isinstance(value.get("reason"), str | None)):
+            raise ValueError("not an introspection record")
+        return cls(value["active"], value["claims"], value["reason"])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    authenticated: bool
+    reason: str | None = None
+    user_id: str = ""
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+# -- the plugin request ---------------------------------------------------------------------------------
+
+def parse_body(raw: bytes) -> Any:
+    """Bytes → JSON value, or BadRequest naming what is wrong."""
+    if not raw.strip():
+        raise BadRequest("empty_body", "the request body is empty; send a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("invalid_encoding", "the request body is not valid UTF-8") from None
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise BadRequest("too_deeply_nested", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError:
+        raise BadRequest("invalid_json", "the request body is not valid JSON") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise BadRequest("too_deeply_nested", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def parse_plugin_request(body: Any, token_max_length: int) -> PluginRequest:
+    """Which dialect, which token. Raises BadRequest for a body of neither shape or of wrong types."""
+    if not isinstance(body, dict):
+        raise BadRequest("invalid_request", "the request body must be a JSON object")
+    if "credentials" in body:
+        return _parse_sdk(body, token_max_length)
+    context = body.get("context")
+    if (isinstance(context, dict) and "plugin_id" in context) or "method" in body or "uri" in body:
+        return _parse_host(body, token_max_length)
+    raise BadRequest("unknown_dialect", "expected a `credentials` object (SDK dialect) or "
+                     "`context.plugin_id` / `method` / `uri` (host dialect)")
+
+
+def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, kind):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        names = names.replace("dict", "object").replace("str", "string")
+        raise BadRequest("invalid_request", f"`{where}{key}` must be {names} or null")
+    return value
+
+
+def _headers(obj: dict[str, Any], key: str, where: str) -> dict[str, str]:
+    headers = _get(obj, key, dict, where) or {}
+    for name, value in headers.items():
+        if not isinstance(value, str):
+            raise BadRequest("invalid_request", f"`{where}{key}` values must be strings")
+    return {name.lower(): value for name, value in headers.items()}
+
+
+def _parse_sdk(body: dict[str, Any], token_max_length: int) -> PluginRequest:
+    credentials = _get(body, "credentials", dict, "") or {}
+    context = _get(body, "context", dict, "") or {}
+    method = _get(context, "method", str, "context.")
+    uri = _get(context, "uri", str, "context.")
+    headers = _headers(context, "headers", "context.")
+    kind = _get(credentials, "type", str, "credentials.")
+    token = _get(credentials, "token", str, "credentials.")
+    if token and (kind or "bearer").lower() == "bearer":
+        return _with_token(Dialect.SDK, token, token_max_length, method, uri, None)
+    return _with_token(Dialect.SDK, _bearer(headers.get("authorization")), token_max_length, method, uri, None)
+
+
+def _parse_host(body: dict[str, Any], token_max_length: int) -> PluginRequest:
+    context = _get(body, "context", dict, "") or {}
+    custom = _get(context, "custom", dict, "context.") or {}
+    request_id = _get(context, "request_id", str, "context.")
+    method = _get(body, "method", str, "")
+    uri = _get(body, "uri", str, "")
+    query = _get(body, "query_params", dict, "") or {}
+    headers = _headers(body, "headers", "")
+    custom_token = _get(custom, "token", str, "context.custom.")
+    custom_authorization = _get(custom, "authorization", str, "context.custom.")
+    query_token = _get(query, "access_token", str, "query_params.")
+    if query_token is None and uri and "access_token=" in uri:
+        query_token = (parse_qs(urlsplit(uri).query).get("access_token") or [None])[0]
+    token = (_bearer(headers.get("authorization")) or custom_token or _bearer(custom_authorization)
+             or query_token)
+    return _with_token(Dialect.HOST, token, token_max_length, method, uri, request_id)
+
+
+def _bearer(authorization: str | None) -> str | None:
+    """The credentials of an ``Authorization: Bearer ...`` value (scheme in any case), else None."""
+    if not authorization:
+        return None
+    scheme, _, credentials = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credentials.strip(" ") or ""
+
+
+def _with_token(dialect: Dialect, token: str | None, max_length: int, method: str | None,
+                uri: str | None, request_id: str | None) -> PluginRequest:
+    path = urlsplit(uri).path if uri else None
+    if token is None:
+        return PluginRequest(dialect, None, MISSING_TOKEN, method, path, request_id)
+    if len(token) > max_length or not _B64TOKEN.fullmatch(token):
+        return PluginRequest(dialect, None, INVALID_TOKEN, method, path, request_id)
+    return PluginRequest(dialect, token, None, method, path, request_id)
+
+
+# -- RFC 7662 introspection and OpenID Connect userinfo -------------------------------------------------
+
+def introspection_request(url: str, client_id: str, client_secret: str, auth_method: str,
+                          token: str) -> HttpRequest:
+    headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
+    form = {"token": token, "token_type_hint": "access_token"}
+    if auth_method == "client_secret_basic":
+        # RFC 6749 §2.3.1: form-encode id and secret before joining them for Basic.
+        pair = f"{quote_plus(client_id, safe='')}:{quote_plus(client_secret, safe='')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+    elif auth_method == "client_secret_post":
+        form.update(client_id=client_id, client_secret=client_secret)
+    else:  # "none": a public client identifies itself without a secret
+        form["client_id"] = client_id
+    return HttpRequest("POST", url, headers, form)
+
+
+def userinfo_request(url: str, token: str) -> HttpRequest:
+    return HttpRequest("GET", url, {"Accept": "application/json", "Authorization": f"Bearer {token}"})
+
+
+def retry_after(value: str | None, default: int = 5) -> int:
+    """An upstream Retry-After in seconds, kept within 1..300; an HTTP date or garbage gives the default."""
+    if value and value.strip().isdigit():
+        return min(max(int(value.strip()), 1), 300)
+    return default
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+_NUMERIC = ("exp", "iat", "nbf")
+_STRINGS = ("sub", "username", "client_id", "scope", "iss", "token_type")
+
+
+def introspection_result(status: int, body: bytes, retry_after_header: str | None = None) -> Introspected:
+    """The introspection endpoint's answer → an ``Introspected`` record, or ``Undecided``."""
+    if status != 200:
+        code = AUTH_SERVER_UNAVAILABLE if status in (502, 503, 504) else AUTH_SERVER_ERROR
+        raise Undecided(code, f"introspection status {status}", retry_after(retry_after_header))
+    answer = _json_object(body)
+    if answer is None:
+        raise Undecided(AUTH_SERVER_BAD_RESPONSE, "introspection answer is not a JSON object")
+    active = answer.get("active")
+    if not isinstance(active, bool):
+        raise Undecided(AUTH_SERVER_BAD_RESPONSE, "introspection answer has no boolean `active`")
+    if not active:
+        return Introspected(False, {}, TOKEN_INACTIVE)
+    claims = {k: v for k, v in answer.items() if k != "active"}
+    for key in _NUMERIC:
+        if key in claims and (isinstance(claims[key], bool) or not isinstance(claims[key], int | float)):
+            raise Undecided(AUTH_SERVER_BAD_RESPONSE, f"introspection claim `{key}` is not a number")
+    for key in _STRINGS:
+        if key in claims and not isinstance(claims[key], str):
+            raise Undecided(AUTH_SERVER_BAD_RESPONSE, f"introspection claim `{key}` is not a string")
+    aud = claims.get("aud")
+    if aud is not None and not (isinstance(aud, str) or
+                                (isinstance(aud, list) and all(isinstance(a, str) for a in aud))):
+        raise Undecided(AUTH_SERVER_BAD_RESPONSE, "introspection claim `aud` is not a string or list")
+    return Introspected(True, claims)
+
+
+def merge_userinfo(record: Introspected, status: int | None, body: bytes, required: bool) -> Introspected:
+    """Add userinfo's claims to an active record. ``status`` None means the call failed in transport."""
+    if status == 200 and (answer := _json_object(body)) is not None:
+        if "sub" in answer and "sub" in record.claims and answer["sub"] != record.claims["sub"]:
+            return Introspected(False, {}, USERINFO_MISMATCH)
+        extra = {k: v for k, v in answer.items() if k not in PROTECTED_CLAIMS}
+        return Introspected(True, {**extra, **record.claims})
+    if not required:
+        return record  # the verdict stands on introspection alone (e.g. client_credentials tokens)
+    if status in (401, 403):
+        return Introspected(False, {}, USERINFO_REJECTED)
+    if status is None or status in (502, 503, 504):
+        raise Undecided(AUTH_SERVER_UNAVAILABLE, f"userinfo status {status}")
+    if status == 200:
+        raise Undecided(AUTH_SERVER_BAD_RESPONSE, "userinfo answer is not a JSON object")
+    raise Undecided(AUTH_SERVER_ERROR, f"userinfo status {status}")
+
+
+# -- verdict and cache lifetime -------------------------------------------------------------------------
+
+def decide(record: Introspected, now: float, clock_skew: float) -> Verdict:
+    """The verdict for a record, checked against the clock on every request, cached or not."""
+    if not record.active:
+        return Verdict(False, record.reason or TOKEN_INACTIVE)
+    claims = record.claims
+    if "exp" in claims and now > claims["exp"] + clock_skew:
+        return Verdict(False, TOKEN_EXPIRED)
+    if "nbf" in claims and claims["nbf"] > now + clock_skew:
+        return Verdict(False, TOKEN_NOT_YET_VALID)
+    user_id = next((claims[k] for k in ("sub", "username", "client_id") if isinstance(claims.get(k), str)), "")
+    return Verdict(True, None, user_id, claims)
+
+
+def cache_ttl(record: Introspected, now: float, ttl: float, negative_ttl: float) -> float:
+    """Seconds a record may be kept: never past the token's ``exp``; 0 means do not cache."""
+    if not record.active:
+        return max(negative_ttl, 0)
+    if "exp" in record.claims:
+        return max(min(ttl, record.claims["exp"] - now), 0)
+    return max(ttl, 0)
+
+
+# -- answers --------------------------------------------------------------------------------------------
+
+def _identity(verdict: Verdict) -> dict[str, Any]:
+    claims = verdict.claims
+
+    def text(*keys: str) -> str | None:
+        return next((claims[k] for k in keys if isinstance(claims.get(k), str)), None)
+
+    def strings(key: str) -> list[str]:
+        value = claims.get(key)
+        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+    return {"user_id": verdict.user_id, "username": text("username", "preferred_username"),
+            "email": text("email"), "display_name": text("name"),
+            "roles": strings("roles"), "groups": strings("groups"), "attributes": {}}
+
+
+def render_verdict(dialect: Dialect, verdict: Verdict, metadata: Mapping[str, Any]) -> Answer:
+    if dialect is Dialect.SDK:
+        claims = dict(verdict.claims) if verdict.authenticated else {"error": verdict.reason}
+        return Answer(200, {"success": True, "result": {
+            "authenticated": verdict.authenticated, "user_id": verdict.user_id, "claims": claims}})
+    return Answer(200, {
+        "authenticated": verdict.authenticated,
+        "identity": _identity(verdict) if verdict.authenticated else None,
+        "claims": dict(verdict.claims) if verdict.authenticated else {},
+        "metadata": dict(metadata),
+        "error_message": None if verdict.authenticated else verdict.reason,
+    })
+
+
+def render_undecided(dialect: Dialect, error: Undecided) -> Answer:
+    headers = {"Retry-After": str(error.retry_after)}
+    if dialect is Dialect.SDK:
+        return Answer(503, {"success": False, "error": error.code}, headers)
+    return Answer(503, {"authenticated": False, "identity": None, "claims": {}, "metadata": {},
+                        "error_message": error.code}, headers)
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The JSON body of every 4xx: SDK-shaped, since the dialect may be unknown."""
+    return {"success": False, "error": code, "message": message}
+
+
+def parse_purge(body: Any, token_max_length: int) -> str | None:
+    """``{"token": "..."}`` → that token; ``{"all": true}`` → None (every entry)."""
+    if isinstance(body, dict) and body.get("all") is True and "token" not in body:
+        return None
+    if isinstance(body, dict) and isinstance(body.get("token"), str) and "all" not in body:
+        request = _with_token(Dialect.SDK, body["token"], token_max_length, None, None, None)
+        if request.token is not None:
+            return request.token
+    raise BadRequest("invalid_request", 'expected {"token": "<access token>"} or {"all": true}')

@@ -1,0 +1,422 @@
+"""The two drivers: cache → authorization server → cache, around the sans-IO core.
+
+``Authenticator`` (WSGI, threads) and ``AsyncAuthenticator`` (ASGI, one event loop) mirror each other
+line for line; where they differ it is by ``await``, by the single-flight primitive (a
+``concurrent.futures.Future`` or an ``asyncio`` task shared by every waiter) and, on the async side, by
+running blocking cache I/O (memcached) in a thread. What needs no I/O lives in ``_Driver``.
+
+One token costs one introspection: concurrent misses in a process share one in-flight call (every
+waiter gets its result, "cannot decide" included), and instances that share memcached take dogpile's
+distributed lock, so a peer waits for the cache instead of asking again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import httpx
+
+from falcon_oauth import core
+from falcon_oauth.cache import VerdictCache
+from falcon_oauth.core import Answer, HttpRequest, Introspected, PluginRequest, Undecided
+from falcon_oauth.settings import Settings
+
+log = logging.getLogger("falcon_oauth")
+
+HIT, MISS = "hit", "miss"
+MAX_ANSWER_BYTES = 1024 * 1024
+PROBE_TOKEN = "falcon-oauth-readiness-probe"
+READY_FRESH_SECONDS = 30.0  # an answer this recent makes the service ready without a probe
+PROBE_INTERVAL_SECONDS = 5.0  # at most one readiness probe this often
+
+T = TypeVar("T")
+
+
+class _Body:
+    """Collects an answer's body within the size cap and the overall deadline."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > MAX_ANSWER_BYTES:
+            raise Undecided(core.AUTH_SERVER_BAD_RESPONSE, "answer over the size cap")
+        if time.monotonic() > self.deadline:
+            raise Undecided(core.AUTH_SERVER_UNAVAILABLE, "answer slower than AUTH_SERVER_TIMEOUT")
+        self.chunks.append(chunk)
+
+    def value(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+def client_limits() -> httpx.Limits:
+    return httpx.Limits(max_connections=200, max_keepalive_connections=64, keepalive_expiry=30)
+
+
+def sync_client(settings: Settings, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    return httpx.Client(timeout=settings.auth_server_timeout, limits=client_limits(), transport=transport,
+                        follow_redirects=False)
+
+
+def async_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    if transport is None:
+        # httpx's own async pool costs milliseconds of CPU per request under concurrency; aiohttp's does not
+        from httpx_aiohttp import AiohttpTransport
+
+        transport = AiohttpTransport(limits=client_limits())
+    return httpx.AsyncClient(timeout=settings.auth_server_timeout, limits=client_limits(),
+                             transport=transport, follow_redirects=False)
+
+
+class _Driver:
+    """Everything both drivers do that needs no I/O."""
+
+    def __init__(self, settings: Settings, cache: VerdictCache) -> None:
+        self.settings = settings
+        self.cache = cache
+        self.userinfo_url = settings.userinfo_url
+        self.last_answer = -math.inf  # monotonic time of the last trustworthy introspection answer
+        self.last_probe = -math.inf
+        self.last_problem: str | None = None
+
+    def _parse(self, raw: bytes) -> PluginRequest:
+        return core.parse_plugin_request(core.parse_body(raw), self.settings.token_max_length)
+
+    def _introspection_request(self, token: str) -> HttpRequest:
+        s = self.settings
+        return core.introspection_request(s.introspection_url, s.oauth_client_id, s.oauth_client_secret,
+                                          s.client_auth_method, token)
+
+    def _introspection_result(self, status: int, body: bytes, retry_after: str | None) -> Introspected:
+        try:
+            record = core.introspection_result(status, body, retry_after)
+        except Undecided as error:
+            self.last_problem = error.code
+            raise
+        self.last_answer = time.monotonic()
+        self.last_problem = None
+        return record
+
+    def _merge_userinfo(self, record: Introspected, status: int | None, body: bytes) -> Introspected:
+        return core.merge_userinfo(record, status, body, self.settings.userinfo_required)
+
+    def _answer(self, request: PluginRequest, record: Introspected | None, cache: str | None,
+                started: float) -> Answer:
+        if record is None:
+            verdict = core.Verdict(False, request.problem)
+        else:
+            verdict = core.decide(record, time.time(), self.settings.clock_skew_seconds)
+        metadata = {"cache": cache} if cache else {}
+        self._log(request, "authenticated" if verdict.authenticated else "rejected", verdict.reason,
+                  verdict.user_id, cache, started)
+        return core.render_verdict(request.dialect, verdict, metadata)
+
+    def _undecided(self, request: PluginRequest, error: Undecided, started: float) -> Answer:
+        self._log(request, "undecided", error.code, None, None, started, detail=error.detail)
+        return core.render_undecided(request.dialect, error)
+
+    def _log(self, request: PluginRequest, outcome: str, reason: str | None, user_id: str | None,
+             cache: str | None, started: float, detail: str | None = None) -> None:
+        log.info("authentication %s", outcome, extra={
+            "request_id": request.request_id, "dialect": request.dialect.value, "outcome": outcome,
+            "reason": reason, "user_id": user_id or None, "cache": cache, "detail": detail,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2)})
+
+    def _probe_due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last_answer < READY_FRESH_SECONDS or now - self.last_probe < PROBE_INTERVAL_SECONDS:
+            return False
+        self.last_probe = now
+        return True
+
+    def _readiness(self) -> Answer:
+        fresh = time.monotonic() - self.last_answer < READY_FRESH_SECONDS
+        body = {"status": "ready" if fresh else "unavailable",
+                "auth_server": "ok" if fresh else (self.last_problem or core.AUTH_SERVER_UNAVAILABLE),
+                "cache": {"backend": self.cache.backend_name, "errors": self.cache.errors}}
+        return Answer(200 if fresh else 503, body)
+
+    def _peer_polls(self) -> Iterator[float]:
+        """Delays between looks at the cache while a peer instance holds the lock."""
+        deadline = time.monotonic() + self.cache.lock_timeout
+        delay = 0.005
+        while time.monotonic() < deadline:
+            yield delay
+            delay = min(delay * 2, 0.1)
+
+
+class SingleFlight:
+    """One call per key at a time in this process; every concurrent caller gets its outcome."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[str, concurrent.futures.Future[Any]] = {}
+
+    def run(self, key: str, fn: Callable[[], T]) -> T:
+        with self._lock:
+            call = self._calls.get(key)
+            leader = call is None
+            if leader:
+                call = self._calls[key] = concurrent.futures.Future()
+        if leader:
+            try:
+                call.set_result(fn())
+            except BaseException as exc:
+                call.set_exception(exc)
+            finally:
+                with self._lock:
+                    del self._calls[key]
+        return call.result()
+
+
+class AsyncSingleFlight:
+    """One call per key at a time on this event loop; every concurrent caller gets its outcome. The call
+    runs as its own task, so a caller that goes away does not cancel it for the others."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, asyncio.Task[Any]] = {}
+
+    async def run(self, key: str, fn: Callable[[], Awaitable[T]]) -> T:
+        call = self._calls.get(key)
+        if call is None:
+            call = self._calls[key] = asyncio.ensure_future(fn())
+            call.add_done_callback(lambda task: self._done(key, task))
+        return await asyncio.shield(call)
+
+    def _done(self, key: str, task: asyncio.Task[Any]) -> None:
+        del self._calls[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so an outcome nobody awaited any more is not reported
+
+
+class PerProcess:
+    """A value made once per process, on first use: WSGI has no lifespan, and gunicorn may import the
+    app before it forks its workers."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._value: Any = None
+
+    def get(self) -> Any:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._value, self._pid = self._factory(), os.getpid()
+        return self._value
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            self._value.close()
+            self._pid = None
+
+
+class Authenticator(_Driver):
+    """The WSGI driver."""
+
+    def __init__(self, settings: Settings, cache: VerdictCache,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        super().__init__(settings, cache)
+        self._client = PerProcess(lambda: sync_client(settings, transport))
+        self._flights = SingleFlight()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def authenticate(self, raw: bytes) -> Answer:
+        started = time.perf_counter()
+        request = self._parse(raw)
+        if request.token is None:
+            return self._answer(request, None, None, started)
+        try:
+            record, cache = self._lookup(request.token)
+        except Undecided as error:
+            return self._undecided(request, error, started)
+        return self._answer(request, record, cache, started)
+
+    def readiness(self) -> Answer:
+        if self._probe_due():
+            try:
+                self._introspect(PROBE_TOKEN)
+            except Undecided:
+                pass
+        return self._readiness()
+
+    def purge(self, token: str | None) -> None:
+        if token is None:
+            self.cache.clear()
+        else:
+            self.cache.delete(token)
+
+    def _lookup(self, token: str) -> tuple[Introspected, str]:
+        record = self.cache.get(token)
+        if record is not None:
+            return record, HIT
+        return self._flights.run(self.cache.key(token), lambda: self._fill(token))
+
+    def _fill(self, token: str) -> tuple[Introspected, str]:
+        mutex = self.cache.mutex(token)
+        if mutex is not None and not self.cache.try_lock(mutex):
+            record = self._wait_for_peer(token, mutex)
+            if record is not None:
+                return record, HIT
+            mutex = None
+        try:
+            record = self._introspect(token)
+            self.cache.set(token, record)
+            return record, MISS
+        finally:
+            if mutex is not None:
+                self.cache.unlock(mutex)
+
+    def _wait_for_peer(self, token: str, mutex: Any) -> Introspected | None:
+        for delay in self._peer_polls():
+            time.sleep(delay)
+            record = self.cache.get(token)
+            if record is not None or not self.cache.locked(mutex):
+                return record
+        return None
+
+    def _introspect(self, token: str) -> Introspected:
+        status, body, retry_after = self._send(self._introspection_request(token))
+        record = self._introspection_result(status, body, retry_after)
+        if record.active and self.userinfo_url:
+            try:
+                status, body, _ = self._send(core.userinfo_request(self.userinfo_url, token))
+            except Undecided:
+                status, body = None, b""
+            record = self._merge_userinfo(record, status, body)
+        return record
+
+    def _send(self, request: HttpRequest) -> tuple[int, bytes, str | None]:
+        body = _Body(time.monotonic() + self.settings.auth_server_timeout)
+        try:
+            with self._client.get().stream(request.method, request.url, headers=request.headers,
+                                           data=request.form) as response:
+                for chunk in response.iter_bytes():
+                    body.add(chunk)
+                return response.status_code, body.value(), response.headers.get("retry-after")
+        except Undecided:
+            raise
+        except Exception as exc:  # refused, reset, timed out, TLS: whatever the transport raises
+            raise Undecided(core.AUTH_SERVER_UNAVAILABLE, type(exc).__name__) from None
+
+
+class AsyncAuthenticator(_Driver):
+    """The ASGI driver: the mirror of ``Authenticator``."""
+
+    def __init__(self, settings: Settings, cache: VerdictCache,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(settings, cache)
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
+        self._flights = AsyncSingleFlight()
+
+    async def start(self) -> None:
+        self._http = async_client(self.settings, self._transport)
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:  # served before the lifespan started (a server without lifespan support)
+            self._http = async_client(self.settings, self._transport)
+        return self._http
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        """A cache call: in a thread when it is network I/O, inline when it is memory."""
+        if self.cache.blocking:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
+
+    async def authenticate(self, raw: bytes) -> Answer:
+        started = time.perf_counter()
+        request = self._parse(raw)
+        if request.token is None:
+            return self._answer(request, None, None, started)
+        try:
+            record, cache = await self._lookup(request.token)
+        except Undecided as error:
+            return self._undecided(request, error, started)
+        return self._answer(request, record, cache, started)
+
+    async def readiness(self) -> Answer:
+        if self._probe_due():
+            try:
+                await self._introspect(PROBE_TOKEN)
+            except Undecided:
+                pass
+        return self._readiness()
+
+    async def purge(self, token: str | None) -> None:
+        if token is None:
+            await self._io(self.cache.clear)
+        else:
+            await self._io(self.cache.delete, token)
+
+    async def _lookup(self, token: str) -> tuple[Introspected, str]:
+        record = await self._io(self.cache.get, token)
+        if record is not None:
+            return record, HIT
+        return await self._flights.run(self.cache.key(token), lambda: self._fill(token))
+
+    async def _fill(self, token: str) -> tuple[Introspected, str]:
+        mutex = self.cache.mutex(token)
+        if mutex is not None and not await self._io(self.cache.try_lock, mutex):
+            record = await self._wait_for_peer(token, mutex)
+            if record is not None:
+                return record, HIT
+            mutex = None
+        try:
+            record = await self._introspect(token)
+            await self._io(self.cache.set, token, record)
+            return record, MISS
+        finally:
+            if mutex is not None:
+                await self._io(self.cache.unlock, mutex)
+
+    async def _wait_for_peer(self, token: str, mutex: Any) -> Introspected | None:
+        for delay in self._peer_polls():
+            await asyncio.sleep(delay)
+            record = await self._io(self.cache.get, token)
+            if record is not None or not await self._io(self.cache.locked, mutex):
+                return record
+        return None
+
+    async def _introspect(self, token: str) -> Introspected:
+        status, body, retry_after = await self._send(self._introspection_request(token))
+        record = self._introspection_result(status, body, retry_after)
+        if record.active and self.userinfo_url:
+            try:
+                status, body, _ = await self._send(core.userinfo_request(self.userinfo_url, token))
+            except Undecided:
+                status, body = None, b""
+            record = self._merge_userinfo(record, status, body)
+        return record
+
+    async def _send(self, request: HttpRequest) -> tuple[int, bytes, str | None]:
+        body = _Body(time.monotonic() + self.settings.auth_server_timeout)
+        try:
+            async with self._client().stream(request.method, request.url, headers=request.headers,
+                                             data=request.form) as response:
+                async for chunk in response.aiter_bytes():
+                    body.add(chunk)
+                return response.status_code, body.value(), response.headers.get("retry-after")
+        except Undecided:
+            raise
+        except Exception as exc:  # refused, reset, timed out, TLS: whatever the transport raises
+            raise Undecided(core.AUTH_SERVER_UNAVAILABLE, type(exc).__name__) from None

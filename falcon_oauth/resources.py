@@ -1,0 +1,190 @@
+"""Falcon resources: read the request, call one driver method, write the answer. Sync and async twins.
+
+An ASGI app refuses sync responders, so each resource comes twice; the shared translation lives in the
+module's functions and the twins differ only by ``await``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import falcon
+
+from falcon_oauth import core
+from falcon_oauth.core import Answer
+
+ERROR_CODES = {
+    400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+    413: "body_too_large", 415: "unsupported_media_type", 500: "internal_error",
+}
+
+
+def serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
+    """Every error the app raises, Falcon's own included, as one JSON shape."""
+    code = error.title if error.title and " " not in error.title else ERROR_CODES.get(error.status_code, "error")
+    resp.media = core.error_body(code, error.description or error.title or code)
+    resp.content_type = falcon.MEDIA_JSON
+
+
+def _is_json(content_type: str | None) -> bool:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
+
+
+def _check_body(req: falcon.Request, limit: int) -> None:
+    if not _is_json(req.content_type):
+        raise falcon.HTTPError(falcon.HTTP_415, title="unsupported_media_type",
+                               description="send the body as Content-Type: application/json")
+    if req.content_length is not None and req.content_length > limit:
+        raise _too_large(limit)
+
+
+def _too_large(limit: int) -> falcon.HTTPError:
+    return falcon.HTTPError(falcon.HTTP_413, title="body_too_large",
+                            description=f"the request body is over {limit} bytes")
+
+
+def _checked(raw: bytes, limit: int) -> bytes:
+    if len(raw) > limit:
+        raise _too_large(limit)
+    return raw
+
+
+def _bad_request(error: core.BadRequest) -> falcon.HTTPError:
+    return falcon.HTTPError(falcon.code_to_http_status(error.status), title=error.code,
+                            description=error.message)
+
+
+def _write(resp: falcon.Response, answer: Answer) -> None:
+    resp.status = answer.status
+    resp.media = answer.body
+    for name, value in answer.headers.items():
+        resp.set_header(name, value)
+
+
+class Health:
+    def __init__(self, settings: Any) -> None:
+        self.body = {"status": "healthy", "plugin": settings.plugin_id, "version": settings.version}
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.body
+
+
+class AsyncHealth(Health):
+    async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:  # type: ignore[override]
+        resp.media = self.body
+
+
+class Ready:
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _write(resp, self.driver.readiness())
+
+
+class AsyncReady(Ready):
+    async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:  # type: ignore[override]
+        _write(resp, await self.driver.readiness())
+
+
+class Authenticate:
+    def __init__(self, driver: Any, max_body_bytes: int) -> None:
+        self.driver = driver
+        self.limit = max_body_bytes
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _check_body(req, self.limit)
+        raw = _checked(req.bounded_stream.read(self.limit + 1), self.limit)
+        try:
+            _write(resp, self.driver.authenticate(raw))
+        except core.BadRequest as error:
+            raise _bad_request(error) from None
+
+
+class AsyncAuthenticate(Authenticate):
+    async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:  # type: ignore[override]
+        _check_body(req, self.limit)
+        raw = _checked(await req.bounded_stream.read(self.limit + 1), self.limit)
+        try:
+            _write(resp, await self.driver.authenticate(raw))
+        except core.BadRequest as error:
+            raise _bad_request(error) from None
+
+
+class Purge:
+    def __init__(self, driver: Any, max_body_bytes: int, token_max_length: int) -> None:
+        self.driver = driver
+        self.limit = max_body_bytes
+        self.token_max_length = token_max_length
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _check_body(req, self.limit)
+        raw = _checked(req.bounded_stream.read(self.limit + 1), self.limit)
+        try:
+            token = core.parse_purge(core.parse_body(raw), self.token_max_length)
+        except core.BadRequest as error:
+            raise _bad_request(error) from None
+        self.driver.purge(token)
+        resp.media = {"purged": "all" if token is None else "token"}
+
+
+class AsyncPurge(Purge):
+    async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:  # type: ignore[override]
+        _check_body(req, self.limit)
+        raw = _checked(await req.bounded_stream.read(self.limit + 1), self.limit)
+        try:
+            token = core.parse_purge(core.parse_body(raw), self.token_max_length)
+        except core.BadRequest as error:
+            raise _bad_request(error) from None
+        await self.driver.purge(token)
+        resp.media = {"purged": "all" if token is None else "token"}
+
+
+class RequireApiKey:
+    """``/plugin/*`` needs the plugin's key as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``,
+    compared in constant time. In the host dialect that Authorization header is this key, never a user's
+    token: the token is only ever read from the body."""
+
+    def __init__(self, api_key: str, prefixes: tuple[str, ...] = ("/plugin/",)) -> None:
+        self.key = api_key.encode()
+        self.prefixes = prefixes
+
+    def _allowed(self, req: falcon.Request) -> bool:
+        if not req.path.startswith(self.prefixes):
+            return True
+        presented = [req.get_header("X-API-Key") or ""]
+        scheme, _, credentials = (req.get_header("Authorization") or "").partition(" ")
+        if scheme.lower() == "bearer":
+            presented.append(credentials.strip())
+        ok = False
+        for value in presented:
+            ok |= hmac.compare_digest(value.encode(), self.key)
+        return ok
+
+    def _refuse(self) -> falcon.HTTPError:
+        return falcon.HTTPUnauthorized(title="unauthorized",
+                                       description="this plugin needs its API key (Bearer or X-API-Key)",
+                                       challenges=["Bearer"])
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if not self._allowed(req):
+            raise self._refuse()
+
+    async def process_request_async(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if not self._allowed(req):
+            raise self._refuse()
+
+
+class Lifespan:
+    """ASGI lifespan: the driver's HTTP client is opened at start-up and closed at shutdown."""
+
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+
+    async def process_startup(self, scope: Any, event: Any) -> None:
+        await self.driver.start()
+
+    async def process_shutdown(self, scope: Any, event: Any) -> None:
+        await self.driver.close()

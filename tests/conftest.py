@@ -1,0 +1,169 @@
+"""Shared fixtures: a real authorization server (oidc-provider), a real memcached, and the app in both
+kinds (every HTTP-level test runs against the ASGI app and the WSGI app)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import falcon.testing
+import httpx
+import pytest
+
+from falcon_oauth.app import create_app
+from falcon_oauth.settings import Settings, load_settings
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+CONTRACT = ROOT.parent / "shared" / "contract"
+AUTHSERVER = HERE / "authserver"
+
+# The clients configured in tests/authserver/server.mjs.
+PLUGIN_CLIENT = ("mockforge", "p@ss:word+/= with space")
+POST_CLIENT = ("mockforge-post", "post-secret")
+APP_CLIENT = ("app", "app-secret")
+USER_GRANT = "urn:falcon-oauth:test:user"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen[Any], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
+
+
+def stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class AuthServer:
+    """The running oidc-provider and the few token operations tests need."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=10)
+
+    def token(self, scope: str = "read write", resource: str | None = None) -> str:
+        data = {"grant_type": "client_credentials", "scope": scope}
+        if resource:
+            data["resource"] = resource
+        answer = self.http.post("/token", data=data, auth=APP_CLIENT)
+        answer.raise_for_status()
+        return answer.json()["access_token"]
+
+    def user_token(self, sub: str = "user-42", scope: str = "openid email profile read") -> str:
+        answer = self.http.post("/token", data={"grant_type": USER_GRANT, "sub": sub, "scope": scope},
+                                auth=APP_CLIENT)
+        answer.raise_for_status()
+        return answer.json()["access_token"]
+
+    def revoke(self, token: str) -> None:
+        self.http.post("/token/revocation", data={"token": token}, auth=APP_CLIENT).raise_for_status()
+
+    def environ(self, **extra: str) -> dict[str, str]:
+        """The plugin's environment for this server, as an operator would write it."""
+        env = {"AUTH_SERVER_URL": self.url, "INTROSPECTION_ENDPOINT": "/token/introspection",
+               "OAUTH_CLIENT_ID": PLUGIN_CLIENT[0], "OAUTH_CLIENT_SECRET": PLUGIN_CLIENT[1]}
+        env.update(extra)
+        return env
+
+    def settings(self, **extra: str) -> Settings:
+        return load_settings(self.environ(**extra))
+
+
+@pytest.fixture(scope="session")
+def authserver() -> Iterator[AuthServer]:
+    if not (AUTHSERVER / "node_modules" / "oidc-provider").is_dir():
+        pytest.fail("oidc-provider is not installed: run `npm ci --prefix tests/authserver` (see .ci/run)")
+    port = free_port()
+    process = subprocess.Popen(["node", str(AUTHSERVER / "server.mjs"), str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process)
+        yield AuthServer(f"http://127.0.0.1:{port}")
+    finally:
+        stop(process)
+
+
+class Memcached:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[Any] | None = None
+
+    @property
+    def server(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = shutil.which("memcached") or "/usr/bin/memcached"
+        if not os.path.exists(binary):
+            pytest.fail("memcached is not installed: `apt-get install memcached` (see .ci/run)")
+        self.process = subprocess.Popen([binary, "-l", "127.0.0.1", "-p", str(self.port), "-U", "0",
+                                         "-m", "64", "-u", "root"], stdout=subprocess.DEVNULL)
+        wait_for_port(self.port, self.process)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture()
+def memcached() -> Iterator[Memcached]:
+    server = Memcached()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(params=[False, True], ids=["wsgi", "asgi"])
+def asgi(request: pytest.FixtureRequest) -> bool:
+    """Every HTTP-level test runs against both app kinds."""
+    return request.param
+
+
+@pytest.fixture()
+def make_client(asgi: bool):
+    """``make_client(settings, transport=None)`` → a Falcon test client of the app kind under test."""
+
+    def make(settings: Settings, transport: Any = None) -> falcon.testing.TestClient:
+        return falcon.testing.TestClient(create_app(settings, asgi=asgi, transport=transport))
+
+    return make
+
+
+def contract(name: str, token: str | None = None) -> Any:
+    """A request or answer from ../shared/contract/, with REPLACE_WITH_TOKEN replaced."""
+    import json
+
+    text = (CONTRACT / name).read_text()
+    if token is not None:
+        text = text.replace("REPLACE_WITH_TOKEN", token)
+    return json.loads(text)

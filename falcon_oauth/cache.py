@@ -161,20 +161,18 @@ class VerdictCache:
 
     def key(self, token: str) -> str:
         """The cache key of a token: no token can be recovered from it."""
-        generation = self._current_generation()
-        return f"{KEY_FORMAT}:" + self._hmac(f"{generation}\0{token}")
+        return f"{KEY_FORMAT}:" + self._hmac(f"{self._generation}\0{token}")
 
-    def _current_generation(self) -> int:
-        if not self.blocking:
-            return 0
+    def _refresh_generation(self) -> None:
+        """memcached: re-read the generation that ``clear()`` bumps, at most once a second (so a purge of
+        every entry reaches the other instances within a second). Network I/O: only from ``get``."""
         now = time.monotonic()
-        if now - self._generation_read >= GENERATION_REFRESH:
+        if self.blocking and now - self._generation_read >= GENERATION_REFRESH:
             self._generation_read = now
             try:
                 self._generation = int(self.region.backend.client.get(self._generation_key) or 0)
             except Exception as exc:  # a fault reads as "no change"
                 self._report(exc)
-        return self._generation
 
     def _report(self, exc: BaseException) -> None:
         self.errors += 1
@@ -188,6 +186,7 @@ class VerdictCache:
         return cache_ttl(record, self._clock(), self._ttl, self._negative_ttl)
 
     def get(self, token: str) -> Introspected | None:
+        self._refresh_generation()
         try:
             value = self.region.get(token)
         except Exception as exc:

@@ -167,3 +167,12 @@ def contract(name: str, token: str | None = None) -> Any:
     if token is not None:
         text = text.replace("REPLACE_WITH_TOKEN", token)
     return json.loads(text)
+
+
+@pytest.fixture()
+def standin():
+    from tests.standin import StandIn
+
+    server = StandIn()
+    yield server
+    server.close()

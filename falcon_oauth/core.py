@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 from urllib.parse import parse_qs, quote_plus, urlsplit
 
@@ -43,7 +43,7 @@ PROTECTED_CLAIMS = frozenset({"sub", "scope", "client_id", "exp", "iat", "nbf", 
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
-class Dialect(str, Enum):
+class Dialect(StrEnum):
     SDK = "sdk"
     HOST = "host"
 
@@ -179,7 +179,7 @@ def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: st
 
 def _headers(obj: dict[str, Any], key: str, where: str) -> dict[str, str]:
     headers = _get(obj, key, dict, where) or {}
-    for name, value in headers.items():
+    for value in headers.values():
         if not isinstance(value, str):
             raise BadRequest("invalid_request", f"`{where}{key}` values must be strings")
     return {name.lower(): value for name, value in headers.items()}

@@ -25,7 +25,7 @@ def curl_commands(plugin: str) -> str:
         lines += [f"# {label}",
                   f"curl -s -X POST {plugin}/plugin/authenticate -H 'Content-Type: application/json' -d '{data}'",
                   ""]
-    lines += [f"# liveness and readiness", f"curl -s {plugin}/health; echo; curl -s {plugin}/health/ready", "",
+    lines += ["# liveness and readiness", f"curl -s {plugin}/health; echo; curl -s {plugin}/health/ready", "",
               "Stop with Ctrl-C. The authorization server here is a DEVELOPMENT server; point AUTH_SERVER_URL",
               "at your own to run the plugin for real (see README.md).", ""]
     return "\n".join(lines)

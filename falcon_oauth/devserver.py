@@ -16,10 +16,10 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import unquote_plus
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-from socketserver import ThreadingMixIn
 
 import falcon
 

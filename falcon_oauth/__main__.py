@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from falcon_oauth.observability import configure_logging
+from falcon_oauth.logs import configure_logging
 from falcon_oauth.settings import Settings, SettingsError, load_settings
 
 

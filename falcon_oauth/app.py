@@ -22,20 +22,24 @@ def create_app(settings: Settings, *, asgi: bool, transport: Any = None) -> falc
     cache = VerdictCache(settings)
     middleware: list[Any] = []
     if settings.plugin_api_key:
-        middleware.append(r.RequireApiKey(settings.plugin_api_key))
+        protected = ("/plugin/", "/metrics") if settings.metrics_require_key else ("/plugin/",)
+        middleware.append(r.RequireApiKey(settings.plugin_api_key, protected))
     if asgi:
         driver: Any = AsyncAuthenticator(settings, cache, transport)
         middleware.insert(0, r.Lifespan(driver))
         app: falcon.App = falcon.asgi.App(middleware=middleware)
-        health, ready, authenticate, purge = r.AsyncHealth, r.AsyncReady, r.AsyncAuthenticate, r.AsyncPurge
+        health, ready, metrics = r.AsyncHealth, r.AsyncReady, r.AsyncMetrics
+        authenticate, purge = r.AsyncAuthenticate, r.AsyncPurge
     else:
         driver = Authenticator(settings, cache, transport)
         app = falcon.App(middleware=middleware)
-        health, ready, authenticate, purge = r.Health, r.Ready, r.Authenticate, r.Purge
+        health, ready, metrics = r.Health, r.Ready, r.Metrics
+        authenticate, purge = r.Authenticate, r.Purge
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(r.serialize_error)
     app.add_route("/health", health(settings))
     app.add_route("/health/ready", ready(driver))
+    app.add_route("/metrics", metrics())
     app.add_route("/plugin/authenticate", authenticate(driver, settings.max_body_bytes))
     if settings.plugin_api_key:  # purging is only ever open to the holder of the plugin's key
         app.add_route("/plugin/cache/purge", purge(driver, settings.max_body_bytes, settings.token_max_length))

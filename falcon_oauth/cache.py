@@ -27,6 +27,7 @@ from dogpile.cache.api import NO_VALUE, CantDeserializeException
 from dogpile.cache.backends.memcached import PyMemcacheBackend
 
 from falcon_oauth.core import Introspected, cache_ttl
+from falcon_oauth.metrics import CACHE_ERRORS
 from falcon_oauth.settings import Settings
 
 log = logging.getLogger("falcon_oauth.cache")
@@ -176,6 +177,7 @@ class VerdictCache:
 
     def _report(self, exc: BaseException) -> None:
         self.errors += 1
+        CACHE_ERRORS.inc()
         now = time.monotonic()
         if now - self._last_error_log >= ERROR_LOG_INTERVAL:
             self._last_error_log = now

@@ -14,19 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import math
 import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import httpx
 
 from falcon_oauth import core
+from falcon_oauth import metrics as obs
 from falcon_oauth.cache import VerdictCache
 from falcon_oauth.core import Answer, HttpRequest, Introspected, PluginRequest, Undecided
+from falcon_oauth.logs import request_id
 from falcon_oauth.settings import Settings
 
 log = logging.getLogger("falcon_oauth")
@@ -90,8 +94,9 @@ class _Driver:
         self.last_probe = -math.inf
         self.last_problem: str | None = None
 
-    def _parse(self, raw: bytes) -> PluginRequest:
-        return core.parse_plugin_request(core.parse_body(raw), self.settings.token_max_length)
+    def _parse(self, raw: bytes, header_request_id: str | None) -> PluginRequest:
+        request = core.parse_plugin_request(core.parse_body(raw), self.settings.token_max_length)
+        return dataclasses.replace(request, request_id=request_id(request.request_id, header_request_id))
 
     def _introspection_request(self, token: str) -> HttpRequest:
         s = self.settings
@@ -103,6 +108,7 @@ class _Driver:
             record = core.introspection_result(status, body, retry_after)
         except Undecided as error:
             self.last_problem = error.code
+            obs.INTROSPECTION_ERRORS.labels(error.code).inc()
             raise
         self.last_answer = time.monotonic()
         self.last_problem = None
@@ -112,26 +118,49 @@ class _Driver:
         return core.merge_userinfo(record, status, body, self.settings.userinfo_required)
 
     def _answer(self, request: PluginRequest, record: Introspected | None, cache: str | None,
-                started: float) -> Answer:
+                started: float, upstream: float | None = None) -> Answer:
         if record is None:
             verdict = core.Verdict(False, request.problem)
         else:
             verdict = core.decide(record, time.time(), self.settings.clock_skew_seconds)
-        metadata = {"cache": cache} if cache else {}
-        self._log(request, "authenticated" if verdict.authenticated else "rejected", verdict.reason,
-                  verdict.user_id, cache, started)
-        return core.render_verdict(request.dialect, verdict, metadata)
+        outcome = "authenticated" if verdict.authenticated else "rejected"
+        self._report(request, outcome, verdict.reason, verdict.user_id, cache, started, upstream)
+        answer = core.render_verdict(request.dialect, verdict, {"cache": cache} if cache else {})
+        return dataclasses.replace(answer, headers={"X-Request-ID": request.request_id})
 
-    def _undecided(self, request: PluginRequest, error: Undecided, started: float) -> Answer:
-        self._log(request, "undecided", error.code, None, None, started, detail=error.detail)
-        return core.render_undecided(request.dialect, error)
+    def _undecided(self, request: PluginRequest, error: Undecided, started: float, upstream: float) -> Answer:
+        self._report(request, "undecided", error.code, None, MISS, started, upstream, error.detail)
+        answer = core.render_undecided(request.dialect, error)
+        return dataclasses.replace(answer, headers={**answer.headers, "X-Request-ID": request.request_id})
 
-    def _log(self, request: PluginRequest, outcome: str, reason: str | None, user_id: str | None,
-             cache: str | None, started: float, detail: str | None = None) -> None:
+    def _report(self, request: PluginRequest, outcome: str, reason: str | None, user_id: str | None,
+                cache: str | None, started: float, upstream: float | None, detail: str | None = None) -> None:
+        """One log line and the metrics of one decision."""
+        obs.AUTH_REQUESTS.labels(request.dialect.value, outcome).inc()
+        if outcome == "rejected":
+            obs.REJECTIONS.labels(reason).inc()
+        if cache:
+            obs.CACHE_REQUESTS.labels(cache).inc()
+        now = time.perf_counter()
         log.info("authentication %s", outcome, extra={
             "request_id": request.request_id, "dialect": request.dialect.value, "outcome": outcome,
             "reason": reason, "user_id": user_id or None, "cache": cache, "detail": detail,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 2)})
+            "latency_ms": round((now - started) * 1000, 2),
+            "upstream_ms": None if upstream is None else round((now - upstream) * 1000, 2)})
+
+    @contextmanager
+    def _call(self) -> Iterator[None]:
+        """Measures one call to the authorization server."""
+        obs.INFLIGHT.inc()
+        started = time.perf_counter()
+        try:
+            yield
+        except Undecided as error:
+            obs.INTROSPECTION_ERRORS.labels(error.code).inc()
+            raise
+        finally:
+            obs.INTROSPECTION_DURATION.observe(time.perf_counter() - started)
+            obs.INFLIGHT.dec()
 
     def _probe_due(self) -> bool:
         now = time.monotonic()
@@ -140,11 +169,14 @@ class _Driver:
         self.last_probe = now
         return True
 
-    def _readiness(self) -> Answer:
+    def _readiness(self, cache_ok: bool) -> Answer:
+        """Ready when the authorization server answered lately. A cache outage degrades but stays ready:
+        requests still succeed, from the authorization server."""
         fresh = time.monotonic() - self.last_answer < READY_FRESH_SECONDS
         body = {"status": "ready" if fresh else "unavailable",
                 "auth_server": "ok" if fresh else (self.last_problem or core.AUTH_SERVER_UNAVAILABLE),
-                "cache": {"backend": self.cache.backend_name, "errors": self.cache.errors}}
+                "cache": {"backend": self.cache.backend_name, "state": "ok" if cache_ok else "degraded",
+                          "errors": self.cache.errors}}
         return Answer(200 if fresh else 503, body)
 
     def _peer_polls(self) -> Iterator[float]:
@@ -235,16 +267,17 @@ class Authenticator(_Driver):
     def close(self) -> None:
         self._client.close()
 
-    def authenticate(self, raw: bytes) -> Answer:
+    def authenticate(self, raw: bytes, request_id: str | None = None) -> Answer:
         started = time.perf_counter()
-        request = self._parse(raw)
+        request = self._parse(raw, request_id)
         if request.token is None:
             return self._answer(request, None, None, started)
+        upstream = time.perf_counter()
         try:
             record, cache = self._lookup(request.token)
         except Undecided as error:
-            return self._undecided(request, error, started)
-        return self._answer(request, record, cache, started)
+            return self._undecided(request, error, started, upstream)
+        return self._answer(request, record, cache, started, upstream if cache == MISS else None)
 
     def readiness(self) -> Answer:
         if self._probe_due():
@@ -252,7 +285,7 @@ class Authenticator(_Driver):
                 self._introspect(PROBE_TOKEN)
             except Undecided:
                 pass
-        return self._readiness()
+        return self._readiness(self.cache.ping())
 
     def purge(self, token: str | None) -> None:
         if token is None:
@@ -302,16 +335,17 @@ class Authenticator(_Driver):
 
     def _send(self, request: HttpRequest) -> tuple[int, bytes, str | None]:
         body = _Body(time.monotonic() + self.settings.auth_server_timeout)
-        try:
-            with self._client.get().stream(request.method, request.url, headers=request.headers,
-                                           data=request.form) as response:
-                for chunk in response.iter_bytes():
-                    body.add(chunk)
-                return response.status_code, body.value(), response.headers.get("retry-after")
-        except Undecided:
-            raise
-        except Exception as exc:  # refused, reset, timed out, TLS: whatever the transport raises
-            raise Undecided(core.AUTH_SERVER_UNAVAILABLE, type(exc).__name__) from None
+        with self._call():
+            try:
+                with self._client.get().stream(request.method, request.url, headers=request.headers,
+                                               data=request.form) as response:
+                    for chunk in response.iter_bytes():
+                        body.add(chunk)
+                    return response.status_code, body.value(), response.headers.get("retry-after")
+            except Undecided:
+                raise
+            except Exception as exc:  # refused, reset, timed out, TLS: whatever the transport raises
+                raise Undecided(core.AUTH_SERVER_UNAVAILABLE, type(exc).__name__) from None
 
 
 class AsyncAuthenticator(_Driver):
@@ -343,16 +377,17 @@ class AsyncAuthenticator(_Driver):
             return await asyncio.to_thread(fn, *args)
         return fn(*args)
 
-    async def authenticate(self, raw: bytes) -> Answer:
+    async def authenticate(self, raw: bytes, request_id: str | None = None) -> Answer:
         started = time.perf_counter()
-        request = self._parse(raw)
+        request = self._parse(raw, request_id)
         if request.token is None:
             return self._answer(request, None, None, started)
+        upstream = time.perf_counter()
         try:
             record, cache = await self._lookup(request.token)
         except Undecided as error:
-            return self._undecided(request, error, started)
-        return self._answer(request, record, cache, started)
+            return self._undecided(request, error, started, upstream)
+        return self._answer(request, record, cache, started, upstream if cache == MISS else None)
 
     async def readiness(self) -> Answer:
         if self._probe_due():
@@ -360,7 +395,7 @@ class AsyncAuthenticator(_Driver):
                 await self._introspect(PROBE_TOKEN)
             except Undecided:
                 pass
-        return self._readiness()
+        return self._readiness(await self._io(self.cache.ping))
 
     async def purge(self, token: str | None) -> None:
         if token is None:
@@ -410,13 +445,14 @@ class AsyncAuthenticator(_Driver):
 
     async def _send(self, request: HttpRequest) -> tuple[int, bytes, str | None]:
         body = _Body(time.monotonic() + self.settings.auth_server_timeout)
-        try:
-            async with self._client().stream(request.method, request.url, headers=request.headers,
-                                             data=request.form) as response:
-                async for chunk in response.aiter_bytes():
-                    body.add(chunk)
-                return response.status_code, body.value(), response.headers.get("retry-after")
-        except Undecided:
-            raise
-        except Exception as exc:  # refused, reset, timed out, TLS: whatever the transport raises
-            raise Undecided(core.AUTH_SERVER_UNAVAILABLE, type(exc).__name__) from None
+        with self._call():
+            try:
+                async with self._client().stream(request.method, request.url, headers=request.headers,
+                                                 data=request.form) as response:
+                    async for chunk in response.aiter_bytes():
+                        body.add(chunk)
+                    return response.status_code, body.value(), response.headers.get("retry-after")
+            except Undecided:
+                raise
+            except Exception as exc:  # refused, reset, timed out, TLS: whatever the transport raises
+                raise Undecided(core.AUTH_SERVER_UNAVAILABLE, type(exc).__name__) from None

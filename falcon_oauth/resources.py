@@ -13,6 +13,7 @@ import falcon
 
 from falcon_oauth import core
 from falcon_oauth.core import Answer
+from falcon_oauth.metrics import metrics_text
 
 ERROR_CODES = {
     400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
@@ -76,6 +77,16 @@ class AsyncHealth(Health):
         resp.media = self.body
 
 
+class Metrics:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.data, resp.content_type = metrics_text()
+
+
+class AsyncMetrics:
+    async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.data, resp.content_type = metrics_text()
+
+
 class Ready:
     def __init__(self, driver: Any) -> None:
         self.driver = driver
@@ -98,7 +109,7 @@ class Authenticate:
         _check_body(req, self.limit)
         raw = _checked(req.bounded_stream.read(self.limit + 1), self.limit)
         try:
-            _write(resp, self.driver.authenticate(raw))
+            _write(resp, self.driver.authenticate(raw, req.get_header("X-Request-ID")))
         except core.BadRequest as error:
             raise _bad_request(error) from None
 
@@ -108,7 +119,7 @@ class AsyncAuthenticate(Authenticate):
         _check_body(req, self.limit)
         raw = _checked(await req.bounded_stream.read(self.limit + 1), self.limit)
         try:
-            _write(resp, await self.driver.authenticate(raw))
+            _write(resp, await self.driver.authenticate(raw, req.get_header("X-Request-ID")))
         except core.BadRequest as error:
             raise _bad_request(error) from None
 

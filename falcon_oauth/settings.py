@@ -56,6 +56,7 @@ class Settings:
     port: int = 8080
     plugin_id: str = "auth-python-oauth"
     plugin_api_key: str | None = field(default=None, repr=False)
+    metrics_require_key: bool = False
     log_level: str = "INFO"
     token_max_length: int = 4096
     clock_skew_seconds: int = 60
@@ -234,6 +235,8 @@ def _validated(s: Settings) -> Settings:
     check(1024 <= s.max_body_bytes <= 16 * 1024 * 1024, "MAX_BODY_BYTES", "must be between 1 KiB and 16 MiB")
     check(s.plugin_api_key is None or len(s.plugin_api_key) >= 16, "PLUGIN_API_KEY",
           "must be at least 16 characters")
+    check(not s.metrics_require_key or bool(s.plugin_api_key), "METRICS_REQUIRE_KEY",
+          "needs PLUGIN_API_KEY to be set")
     check(s.cache_backend in CACHE_BACKENDS, "CACHE_BACKEND", f"must be one of {', '.join(CACHE_BACKENDS)}")
     check(0 <= s.cache_ttl <= 86400, "CACHE_TTL", "must be between 0 and 86400 seconds")
     check(0 <= s.cache_negative_ttl <= 3600, "CACHE_NEGATIVE_TTL", "must be between 0 and 3600 seconds")

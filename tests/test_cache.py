@@ -164,6 +164,8 @@ def test_memcached_killed_and_restarted_fails_no_request(make_client, standin, m
     for _ in range(5):
         answer = ask(client, "good-k")
         assert answer["authenticated"] is True and answer["metadata"] == {"cache": "miss"}
+    ready = client.simulate_get("/health/ready")
+    assert ready.status_code == 200 and ready.json["cache"]["state"] == "degraded"
     memcached.start()  # same port, empty
     deadline = time.monotonic() + 10
     caches = []

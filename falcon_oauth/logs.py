@@ -1,14 +1,28 @@
-"""JSON logs on stdout, with a redaction filter as a safety net: code never logs a token or secret,
-and anything that looks like one is masked anyway."""
+"""JSON logs on stdout (python-json-logger), with a redaction filter as a safety net: code never logs a
+token or secret, and anything that looks like one is masked anyway. Imports nothing heavy, so logging
+configs (config/logging.json) can name its filter before the app is loaded."""
 
 from __future__ import annotations
 
 import logging
 import re
 import sys
+import uuid
 from collections.abc import Iterable
 
 from pythonjsonlogger.json import JsonFormatter
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def request_id(*candidates: str | None) -> str:
+    """The first well-formed candidate (the host's ``context.request_id``, an ``X-Request-ID``), else a new
+    one: a request id goes into every log line, so nothing else may pass."""
+    for candidate in candidates:
+        if candidate and _REQUEST_ID.fullmatch(candidate):
+            return candidate
+    return uuid.uuid4().hex
+
 
 _BEARER = re.compile(r"(?i)(bearer\s+|basic\s+|access_token=|token=|x-api-key:\s*)[^\s\"'&,;]+")
 MASK = "[redacted]"
@@ -44,8 +58,8 @@ class Redact(logging.Filter):
 def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
     """One JSON object per line on stdout for this package, uvicorn and gunicorn."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
-                                       rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}))
+    handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(process)d %(message)s", rename_fields={
+        "asctime": "time", "levelname": "level", "name": "logger", "process": "pid"}))
     handler.addFilter(Redact(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):

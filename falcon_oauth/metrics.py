@@ -1,0 +1,42 @@
+"""Prometheus metrics (prometheus-client). Labels carry only fixed vocabularies (dialect, outcome, reason
+codes, hit/miss): never a token, a user id or free text. Under several gunicorn workers set
+``PROMETHEUS_MULTIPROC_DIR`` (an existing, empty directory) before the workers start: ``/metrics`` then sums
+every worker (the client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+AUTH_REQUESTS = Counter("falcon_oauth_auth_requests", "Authentication requests by dialect and outcome "
+                        "(authenticated, rejected, undecided)", ["dialect", "outcome"])
+REJECTIONS = Counter("falcon_oauth_rejections", "Rejected tokens by reason code", ["reason"])
+CACHE_REQUESTS = Counter("falcon_oauth_cache_requests", "Verdict cache lookups by result (hit, miss)", ["result"])
+CACHE_ERRORS = Counter("falcon_oauth_cache_errors", "Cache backend faults (each answered from the "
+                       "authorization server instead)")
+INTROSPECTION_DURATION = Histogram("falcon_oauth_introspection_duration_seconds",
+                                   "Calls to the authorization server (introspection and userinfo)",
+                                   buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+INTROSPECTION_ERRORS = Counter("falcon_oauth_introspection_errors", "Calls to the authorization server "
+                               "that could not decide, by reason code", ["reason"])
+INFLIGHT = Gauge("falcon_oauth_inflight_introspections", "Calls to the authorization server under way",
+                 multiprocess_mode="livesum")
+
+def metrics_text() -> tuple[bytes, str]:
+    """The exposition of this process, or of every worker in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+

@@ -144,6 +144,8 @@ class VerdictCache:
         self._clock = clock
         self._ttl = settings.cache_ttl
         self._negative_ttl = settings.cache_negative_ttl
+        self._servers = settings.memcached_servers
+        self._socket_timeout = settings.memcached_timeout
         secret = settings.cache_key_secret or (
             f"{settings.oauth_client_id}\0{settings.oauth_client_secret}")
         self._secret = hashlib.sha256(f"{KEY_FORMAT}\0{secret}".encode()).digest()
@@ -256,12 +258,19 @@ class VerdictCache:
             self._report(exc)
 
     def ping(self) -> bool:
-        """Whether the backend answers now (for readiness)."""
+        """Whether every memcached server answers a round trip now (for readiness); memory always does."""
         if not self.blocking:
             return True
-        try:
-            self.region.backend.client.get(self._generation_key)
-            return True
-        except Exception as exc:
-            self._report(exc)
-            return False
+        from pymemcache.client.base import Client
+
+        for server in self._servers:
+            host, _, port = server.rpartition(":")
+            client = Client((host, int(port)), connect_timeout=self._socket_timeout, timeout=self._socket_timeout)
+            try:
+                client.version()
+            except Exception as exc:
+                self._report(exc)
+                return False
+            finally:
+                client.close()
+        return True

@@ -32,6 +32,10 @@ TOKEN_EXPIRED = "token_expired"
 TOKEN_NOT_YET_VALID = "token_not_yet_valid"
 USERINFO_MISMATCH = "userinfo_mismatch"
 USERINFO_REJECTED = "userinfo_rejected"
+INSUFFICIENT_SCOPE = "insufficient_scope"
+INVALID_AUDIENCE = "invalid_audience"
+INVALID_ISSUER = "invalid_issuer"
+INVALID_TOKEN_TYPE = "invalid_token_type"
 # ... and of "cannot decide" (HTTP 503).
 AUTH_SERVER_UNAVAILABLE = "auth_server_unavailable"
 AUTH_SERVER_ERROR = "auth_server_error"
@@ -114,6 +118,76 @@ class Verdict:
     reason: str | None = None
     user_id: str = ""
     claims: Mapping[str, Any] = field(default_factory=dict)
+    detail: Mapping[str, Any] = field(default_factory=dict)  # e.g. the missing scopes of a rejection
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """``*`` matches within one path segment, ``**`` across segments, ``?`` one character."""
+    parts = re.split(r"(\*\*|\*|\?)", pattern)
+    table = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
+    return re.compile("".join(table.get(part, re.escape(part)) for part in parts))
+
+
+@dataclass(frozen=True)
+class Route:
+    """A per-route scope rule: requests whose path matches ``path`` (a glob) and whose method is one of
+    ``methods`` (all when empty) need every scope of ``scopes``."""
+
+    path: str
+    scopes: tuple[str, ...]
+    methods: frozenset[str] = frozenset()
+
+    def matches(self, method: str | None, path: str | None) -> bool:
+        if path is None or (self.methods and (method or "").upper() not in self.methods):
+            return False
+        return _glob(self.path).fullmatch(path) is not None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Local checks applied on every request, cached or not."""
+
+    required_scopes: tuple[str, ...] = ()
+    routes: tuple[Route, ...] = ()
+    audiences: tuple[str, ...] = ()
+    issuers: tuple[str, ...] = ()
+    token_types: tuple[str, ...] = ("bearer", "access_token")
+
+
+def _has_scope(held: set[str], required: str) -> bool:
+    """``orders:*`` is satisfied by any held ``orders:...`` scope; anything else by itself."""
+    if required.endswith(":*"):
+        return any(scope.startswith(required[:-1]) for scope in held)
+    return required in held
+
+
+def check_policy(claims: Mapping[str, Any], policy: Policy, method: str | None,
+                 path: str | None) -> tuple[str, dict[str, Any]] | None:
+    """The reason (and detail) a token fails local policy, or None when it passes."""
+    token_type = claims.get("token_type")
+    if isinstance(token_type, str) and token_type.lower() not in {t.lower() for t in policy.token_types}:
+        return INVALID_TOKEN_TYPE, {}
+    token_use = claims.get("token_use")  # Ory Hydra names refresh tokens this way
+    if token_use is not None and token_use != "access_token":
+        return INVALID_TOKEN_TYPE, {}
+    if policy.issuers and claims.get("iss") not in policy.issuers:
+        return INVALID_ISSUER, {}
+    if policy.audiences:
+        aud = claims.get("aud")
+        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        if not set(audiences) & set(policy.audiences):
+            return INVALID_AUDIENCE, {}
+    required = list(policy.required_scopes)
+    route = next((r for r in policy.routes if r.matches(method, path)), None)
+    if route is not None:
+        required += [s for s in route.scopes if s not in required]
+    if required:
+        scope = claims.get("scope")
+        held = set(scope.split()) if isinstance(scope, str) else set()
+        missing = [s for s in required if not _has_scope(held, s)]
+        if missing:
+            return INSUFFICIENT_SCOPE, {"missing_scopes": missing}
+    return None
 
 
 @dataclass(frozen=True)
@@ -323,8 +397,9 @@ def merge_userinfo(record: Introspected, status: int | None, body: bytes, requir
 
 # -- verdict and cache lifetime -------------------------------------------------------------------------
 
-def decide(record: Introspected, now: float, clock_skew: float) -> Verdict:
-    """The verdict for a record, checked against the clock on every request, cached or not."""
+def decide(record: Introspected, now: float, clock_skew: float, policy: Policy = Policy(),
+           method: str | None = None, path: str | None = None) -> Verdict:
+    """The verdict for a record, checked against the clock and local policy on every request, cached or not."""
     if not record.active:
         return Verdict(False, record.reason or TOKEN_INACTIVE)
     claims = record.claims
@@ -332,6 +407,9 @@ def decide(record: Introspected, now: float, clock_skew: float) -> Verdict:
         return Verdict(False, TOKEN_EXPIRED)
     if "nbf" in claims and claims["nbf"] > now + clock_skew:
         return Verdict(False, TOKEN_NOT_YET_VALID)
+    failed = check_policy(claims, policy, method, path)
+    if failed is not None:
+        return Verdict(False, failed[0], detail=failed[1])
     user_id = next((claims[k] for k in ("sub", "username", "client_id") if isinstance(claims.get(k), str)), "")
     return Verdict(True, None, user_id, claims)
 
@@ -364,14 +442,14 @@ def _identity(verdict: Verdict) -> dict[str, Any]:
 
 def render_verdict(dialect: Dialect, verdict: Verdict, metadata: Mapping[str, Any]) -> Answer:
     if dialect is Dialect.SDK:
-        claims = dict(verdict.claims) if verdict.authenticated else {"error": verdict.reason}
+        claims = dict(verdict.claims) if verdict.authenticated else {"error": verdict.reason, **verdict.detail}
         return Answer(200, {"success": True, "result": {
             "authenticated": verdict.authenticated, "user_id": verdict.user_id, "claims": claims}})
     return Answer(200, {
         "authenticated": verdict.authenticated,
         "identity": _identity(verdict) if verdict.authenticated else None,
         "claims": dict(verdict.claims) if verdict.authenticated else {},
-        "metadata": dict(metadata),
+        "metadata": {**metadata, **verdict.detail},
         "error_message": None if verdict.authenticated else verdict.reason,
     })
 

@@ -90,6 +90,7 @@ class _Driver:
         self.settings = settings
         self.cache = cache
         self.userinfo_url = settings.userinfo_url
+        self.policy = settings.policy
         self.last_answer = -math.inf  # monotonic time of the last trustworthy introspection answer
         self.last_probe = -math.inf
         self.last_problem: str | None = None
@@ -122,7 +123,8 @@ class _Driver:
         if record is None:
             verdict = core.Verdict(False, request.problem)
         else:
-            verdict = core.decide(record, time.time(), self.settings.clock_skew_seconds)
+            verdict = core.decide(record, time.time(), self.settings.clock_skew_seconds, self.policy,
+                                  request.method, request.path)
         outcome = "authenticated" if verdict.authenticated else "rejected"
         self._report(request, outcome, verdict.reason, verdict.user_id, cache, started, upstream)
         answer = core.render_verdict(request.dialect, verdict, {"cache": cache} if cache else {})

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from falcon_oauth import __version__
+from falcon_oauth.core import Policy, Route
 
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
 CACHE_BACKENDS = ("memory", "memcached", "null")
@@ -68,7 +69,16 @@ class Settings:
     cache_negative_ttl: int = 10
     cache_max_entries: int = 10000
     cache_key_secret: str | None = field(default=None, repr=False)
+    required_scopes: tuple[str, ...] = ()
+    audiences: tuple[str, ...] = ()
+    issuers: tuple[str, ...] = ()
+    token_types: tuple[str, ...] = ("Bearer", "access_token")
+    routes: tuple[Route, ...] = ()
     version: str = __version__
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(self.required_scopes, self.routes, self.audiences, self.issuers, self.token_types)
 
     @property
     def introspection_url(self) -> str:
@@ -174,7 +184,29 @@ def _read_yaml(path: str, plugin_id: str, env: Mapping[str, str]) -> dict[str, A
 
 
 _KIND_NAMES = {"bool": "must be true or false", "int": "must be an integer", "float": "must be a number",
-               "tuple[str, ...]": "must be a comma-separated list"}
+               "tuple[str, ...]": "must be a list (comma or space separated)",
+               "tuple[Route, ...]": "must be a list of {path, scopes, methods} (ROUTES may be JSON)"}
+
+
+def _routes(value: Any) -> tuple[Route, ...]:
+    """Per-route scope rules: from YAML, or JSON text in the ROUTES variable."""
+    if isinstance(value, str):
+        import json
+
+        value = json.loads(value)
+    if not isinstance(value, list):
+        raise ValueError
+    routes = []
+    for rule in value:
+        if not isinstance(rule, dict) or not isinstance(rule.get("path"), str) or not rule["path"].startswith("/"):
+            raise ValueError
+        scopes, methods = rule.get("scopes", []), rule.get("methods", [])
+        scopes = scopes.split() if isinstance(scopes, str) else scopes
+        methods = methods.split() if isinstance(methods, str) else methods
+        if not all(isinstance(x, str) for x in [*scopes, *methods]):
+            raise ValueError
+        routes.append(Route(rule["path"], tuple(scopes), frozenset(m.upper() for m in methods)))
+    return tuple(routes)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -198,8 +230,10 @@ def _convert(key: str, value: Any) -> Any:
                 raise ValueError
             return float(str(value).strip())
         if kind == "tuple[str, ...]":
-            items = value if isinstance(value, list) else str(value).split(",")
+            items = value if isinstance(value, list) else re.split(r"[,\s]+", str(value))
             return tuple(str(i).strip() for i in items if str(i).strip())
+        if kind == "tuple[Route, ...]":
+            return _routes(value)
     except ValueError:
         raise SettingsError(key, _KIND_NAMES[kind]) from None
     if value is None:

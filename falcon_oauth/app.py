@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 import falcon
 import falcon.asgi
@@ -10,7 +12,9 @@ import falcon.asgi
 from falcon_oauth import resources as r
 from falcon_oauth.cache import VerdictCache
 from falcon_oauth.introspect import AsyncAuthenticator, Authenticator
-from falcon_oauth.settings import Settings
+from falcon_oauth.settings import Settings, is_loopback
+
+log = logging.getLogger("falcon_oauth")
 
 
 def create_app(settings: Settings, *, asgi: bool, transport: Any = None) -> falcon.App:
@@ -19,6 +23,9 @@ def create_app(settings: Settings, *, asgi: bool, transport: Any = None) -> falc
     ``transport`` replaces the HTTP transport to the authorization server (an ``httpx`` transport);
     tests use it to produce faults a real server cannot be made to.
     """
+    if urlsplit(settings.introspection_url).scheme == "http" and not is_loopback(settings.introspection_url):
+        log.warning("the authorization server is reached over plain http on a non-loopback address: tokens "
+                    "and the client secret cross the network unencrypted; use https")
     cache = VerdictCache(settings)
     middleware: list[Any] = []
     if settings.plugin_api_key:

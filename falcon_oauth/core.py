@@ -65,11 +65,12 @@ class BadRequest(Exception):
 class Undecided(Exception):
     """The authorization server's answer cannot be trusted either way: 503, never cached."""
 
-    def __init__(self, code: str, detail: str = "", retry_after: int = 5) -> None:
+    def __init__(self, code: str, detail: str = "", retry_after: int = 5, retryable: bool = False) -> None:
         super().__init__(code)
         self.code = code
         self.detail = detail  # for logs: a status code or an exception class, never upstream text
         self.retry_after = retry_after
+        self.retryable = retryable  # the request never reached the server: trying again is safe
 
 
 @dataclass(frozen=True)
@@ -331,6 +332,14 @@ def userinfo_request(url: str, token: str) -> HttpRequest:
     return HttpRequest("GET", url, {"Accept": "application/json", "Authorization": f"Bearer {token}"})
 
 
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+def retry_delay(attempt: int, random_fraction: float) -> float:
+    """Backoff before retry ``attempt`` (1, 2, ...): 50 ms doubling, with ±50 % jitter."""
+    return 0.05 * 2 ** (attempt - 1) * (0.5 + random_fraction)
+
+
 def retry_after(value: str | None, default: int = 5) -> int:
     """An upstream Retry-After in seconds, kept within 1..300; an HTTP date or garbage gives the default."""
     if value and value.strip().isdigit():
@@ -353,7 +362,7 @@ _STRINGS = ("sub", "username", "client_id", "scope", "iss", "token_type")
 def introspection_result(status: int, body: bytes, retry_after_header: str | None = None) -> Introspected:
     """The introspection endpoint's answer → an ``Introspected`` record, or ``Undecided``."""
     if status != 200:
-        code = AUTH_SERVER_UNAVAILABLE if status in (502, 503, 504) else AUTH_SERVER_ERROR
+        code = AUTH_SERVER_UNAVAILABLE if status in RETRY_STATUSES else AUTH_SERVER_ERROR
         raise Undecided(code, f"introspection status {status}", retry_after(retry_after_header))
     answer = _json_object(body)
     if answer is None:
@@ -388,7 +397,7 @@ def merge_userinfo(record: Introspected, status: int | None, body: bytes, requir
         return record  # the verdict stands on introspection alone (e.g. client_credentials tokens)
     if status in (401, 403):
         return Introspected(False, {}, USERINFO_REJECTED)
-    if status is None or status in (502, 503, 504):
+    if status is None or status in RETRY_STATUSES:
         raise Undecided(AUTH_SERVER_UNAVAILABLE, f"userinfo status {status}")
     if status == 200:
         raise Undecided(AUTH_SERVER_BAD_RESPONSE, "userinfo answer is not a JSON object")

@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import itertools
 import logging
 import math
 import os
+import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -31,7 +33,11 @@ from falcon_oauth import metrics as obs
 from falcon_oauth.cache import VerdictCache
 from falcon_oauth.core import Answer, HttpRequest, Introspected, PluginRequest, Undecided
 from falcon_oauth.logs import request_id
-from falcon_oauth.settings import Settings
+from falcon_oauth.settings import Settings, ssl_context
+
+# Failures where the request never reached the server (or the server dropped a kept-alive connection):
+# retrying them is safe, and introspection is read-only anyway.
+RETRYABLE_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 
 log = logging.getLogger("falcon_oauth")
 
@@ -63,6 +69,10 @@ class _Body:
     def value(self) -> bytes:
         return b"".join(self.chunks)
 
+    def remaining(self) -> float:
+        """What is left of the deadline, for the connect and read timeouts of one attempt."""
+        return max(self.deadline - time.monotonic(), 0.001)
+
 
 def client_limits() -> httpx.Limits:
     return httpx.Limits(max_connections=200, max_keepalive_connections=64, keepalive_expiry=30)
@@ -70,7 +80,7 @@ def client_limits() -> httpx.Limits:
 
 def sync_client(settings: Settings, transport: httpx.BaseTransport | None = None) -> httpx.Client:
     return httpx.Client(timeout=settings.auth_server_timeout, limits=client_limits(), transport=transport,
-                        follow_redirects=False)
+                        verify=ssl_context(settings), follow_redirects=False)
 
 
 def async_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
@@ -78,9 +88,9 @@ def async_client(settings: Settings, transport: httpx.AsyncBaseTransport | None 
         # httpx's own async pool costs milliseconds of CPU per request under concurrency; aiohttp's does not
         from httpx_aiohttp import AiohttpTransport
 
-        transport = AiohttpTransport(limits=client_limits())
+        transport = AiohttpTransport(limits=client_limits(), verify=ssl_context(settings))
     return httpx.AsyncClient(timeout=settings.auth_server_timeout, limits=client_limits(),
-                             transport=transport, follow_redirects=False)
+                             transport=transport, verify=ssl_context(settings), follow_redirects=False)
 
 
 class _Driver:
@@ -149,6 +159,27 @@ class _Driver:
             "reason": reason, "user_id": user_id or None, "cache": cache, "detail": detail,
             "latency_ms": round((now - started) * 1000, 2),
             "upstream_ms": None if upstream is None else round((now - upstream) * 1000, 2)})
+
+    def _retry(self, outcome: tuple[int, bytes, str | None] | Undecided, attempt: int,
+               deadline: float) -> float | None:
+        """The pause before another attempt, or None when this outcome is final: not retryable, out of
+        attempts (AUTH_SERVER_RETRIES), or no time left before the overall deadline."""
+        retryable = outcome.retryable if isinstance(outcome, Undecided) else outcome[0] in core.RETRY_STATUSES
+        if not retryable or attempt >= self.settings.auth_server_retries:
+            return None
+        delay = core.retry_delay(attempt + 1, random.random())
+        return delay if time.monotonic() + delay < deadline else None
+
+    @staticmethod
+    def _final(outcome: tuple[int, bytes, str | None] | Undecided) -> tuple[int, bytes, str | None]:
+        if isinstance(outcome, Undecided):
+            raise outcome
+        return outcome
+
+    @staticmethod
+    def _transport_error(exc: Exception) -> Undecided:
+        return Undecided(core.AUTH_SERVER_UNAVAILABLE, type(exc).__name__,
+                         retryable=isinstance(exc, RETRYABLE_ERRORS))
 
     @contextmanager
     def _call(self) -> Iterator[None]:
@@ -336,18 +367,31 @@ class Authenticator(_Driver):
         return record
 
     def _send(self, request: HttpRequest) -> tuple[int, bytes, str | None]:
-        body = _Body(time.monotonic() + self.settings.auth_server_timeout)
+        deadline = time.monotonic() + self.settings.auth_server_timeout
+        for attempt in itertools.count():
+            try:
+                outcome: tuple[int, bytes, str | None] | Undecided = self._attempt(request, deadline)
+            except Undecided as error:
+                outcome = error
+            delay = self._retry(outcome, attempt, deadline)
+            if delay is None:
+                return self._final(outcome)
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _attempt(self, request: HttpRequest, deadline: float) -> tuple[int, bytes, str | None]:
+        body = _Body(deadline)
         with self._call():
             try:
                 with self._client.get().stream(request.method, request.url, headers=request.headers,
-                                               data=request.form) as response:
+                                               data=request.form, timeout=body.remaining()) as response:
                     for chunk in response.iter_bytes():
                         body.add(chunk)
                     return response.status_code, body.value(), response.headers.get("retry-after")
             except Undecided:
                 raise
             except Exception as exc:  # refused, reset, timed out, TLS: whatever the transport raises
-                raise Undecided(core.AUTH_SERVER_UNAVAILABLE, type(exc).__name__) from None
+                raise self._transport_error(exc) from None
 
 
 class AsyncAuthenticator(_Driver):
@@ -446,15 +490,28 @@ class AsyncAuthenticator(_Driver):
         return record
 
     async def _send(self, request: HttpRequest) -> tuple[int, bytes, str | None]:
-        body = _Body(time.monotonic() + self.settings.auth_server_timeout)
+        deadline = time.monotonic() + self.settings.auth_server_timeout
+        for attempt in itertools.count():
+            try:
+                outcome: tuple[int, bytes, str | None] | Undecided = await self._attempt(request, deadline)
+            except Undecided as error:
+                outcome = error
+            delay = self._retry(outcome, attempt, deadline)
+            if delay is None:
+                return self._final(outcome)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _attempt(self, request: HttpRequest, deadline: float) -> tuple[int, bytes, str | None]:
+        body = _Body(deadline)
         with self._call():
             try:
                 async with self._client().stream(request.method, request.url, headers=request.headers,
-                                                 data=request.form) as response:
+                                                 data=request.form, timeout=body.remaining()) as response:
                     async for chunk in response.aiter_bytes():
                         body.add(chunk)
                     return response.status_code, body.value(), response.headers.get("retry-after")
             except Undecided:
                 raise
             except Exception as exc:  # refused, reset, timed out, TLS: whatever the transport raises
-                raise Undecided(core.AUTH_SERVER_UNAVAILABLE, type(exc).__name__) from None
+                raise self._transport_error(exc) from None

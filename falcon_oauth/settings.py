@@ -8,8 +8,10 @@ come from ``NAME_FILE``, a path whose contents (stripped) are the value.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +55,10 @@ class Settings:
     userinfo_required: bool = False
     client_auth_method: str = "client_secret_basic"
     auth_server_timeout: float = 5.0
+    auth_server_retries: int = 1
+    auth_server_ca_bundle: str | None = None
+    auth_server_client_cert: str | None = None
+    auth_server_client_key: str | None = field(default=None, repr=False)
     host: str = "0.0.0.0"
     port: int = 8080
     plugin_id: str = "auth-python-oauth"
@@ -98,6 +104,26 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return _validated(dataclasses.replace(self, **changes))
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext:
+    """Verification is always on: a private CA is added with AUTH_SERVER_CA_BUNDLE, never switched off."""
+    import certifi
+
+    context = ssl.create_default_context(cafile=settings.auth_server_ca_bundle or certifi.where())
+    if settings.auth_server_client_cert:
+        context.load_cert_chain(settings.auth_server_client_cert, settings.auth_server_client_key)
+    return context
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _endpoint_url(base: str, endpoint: str) -> str:
@@ -262,6 +288,13 @@ def _validated(s: Settings) -> Settings:
     check(s.client_auth_method == "none" or bool(s.oauth_client_secret), "OAUTH_CLIENT_SECRET",
           f"is required with CLIENT_AUTH_METHOD={s.client_auth_method}")
     check(0 < s.auth_server_timeout <= 120, "AUTH_SERVER_TIMEOUT", "must be between 0 and 120 seconds")
+    check(0 <= s.auth_server_retries <= 5, "AUTH_SERVER_RETRIES", "must be between 0 and 5")
+    for key, path in (("AUTH_SERVER_CA_BUNDLE", s.auth_server_ca_bundle),
+                      ("AUTH_SERVER_CLIENT_CERT", s.auth_server_client_cert),
+                      ("AUTH_SERVER_CLIENT_KEY", s.auth_server_client_key)):
+        check(path is None or os.access(path, os.R_OK), key, "must name a readable file")
+    check(bool(s.auth_server_client_cert) == bool(s.auth_server_client_key), "AUTH_SERVER_CLIENT_CERT",
+          "and AUTH_SERVER_CLIENT_KEY go together")
     check(0 < s.port < 65536, "PORT", "must be between 1 and 65535")
     check(s.log_level.upper() in LOG_LEVELS, "LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}")
     check(16 <= s.token_max_length <= 65536, "TOKEN_MAX_LENGTH", "must be between 16 and 65536")

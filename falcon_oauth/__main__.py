@@ -14,8 +14,10 @@ from falcon_oauth.settings import Settings, SettingsError, load_settings
 
 def settings_or_exit(**overrides: object) -> Settings:
     """Settings from the environment, logging configured; a bad setting exits 2 with one line."""
+    from falcon_oauth.discovery import discover_at_start
+
     try:
-        settings = load_settings(**overrides)
+        settings = discover_at_start(load_settings(**overrides))
     except SettingsError as error:
         print(f"falcon-oauth: configuration error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -314,7 +314,7 @@ def _with_token(dialect: Dialect, token: str | None, max_length: int, method: st
 # -- RFC 7662 introspection and OpenID Connect userinfo -------------------------------------------------
 
 def introspection_request(url: str, client_id: str, client_secret: str, auth_method: str,
-                          token: str) -> HttpRequest:
+                          token: str, bearer: str | None = None) -> HttpRequest:
     headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
     form = {"token": token, "token_type_hint": "access_token"}
     if auth_method == "client_secret_basic":
@@ -323,9 +323,60 @@ def introspection_request(url: str, client_id: str, client_secret: str, auth_met
         headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
     elif auth_method == "client_secret_post":
         form.update(client_id=client_id, client_secret=client_secret)
+    elif auth_method == "bearer":  # pre-authorization: the plugin's own client_credentials token
+        headers["Authorization"] = f"Bearer {bearer}"
     else:  # "none": a public client identifies itself without a secret
         form["client_id"] = client_id
     return HttpRequest("POST", url, headers, form)
+
+
+def token_request(url: str, client_id: str, client_secret: str, scope: str | None,
+                  audience: str | None) -> HttpRequest:
+    """The client_credentials grant (RFC 6749 §4.4) that obtains the plugin's own bearer token, for
+    authorization servers that protect introspection with one."""
+    form = {"grant_type": "client_credentials"}
+    if scope:
+        form["scope"] = scope
+    if audience:
+        form["audience"] = audience
+    pair = f"{quote_plus(client_id, safe='')}:{quote_plus(client_secret, safe='')}"
+    return HttpRequest("POST", url, {"Accept": "application/json",
+                                     "Authorization": "Basic " + base64.b64encode(pair.encode()).decode("ascii")},
+                       form)
+
+
+def token_result(status: int, body: bytes, now: float) -> tuple[str, float]:
+    """The plugin's bearer token and when to stop using it (30 s before it expires, at most an hour)."""
+    answer = _json_object(body) if status == 200 else None
+    token = answer.get("access_token") if answer else None
+    if not isinstance(token, str) or not token:
+        raise Undecided(AUTH_SERVER_ERROR, f"token endpoint status {status}")
+    expires_in = answer.get("expires_in") if answer else None
+    lifetime = expires_in if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) else 300
+    return token, now + max(min(lifetime, 3600) - 30, 1)
+
+
+def discovery_urls(issuer: str) -> list[str]:
+    """Where the metadata of ``issuer`` lives: RFC 8414 §3 (the well-known path inserted before the issuer's
+    path), then OpenID Connect Discovery (appended)."""
+    parts = urlsplit(issuer.rstrip("/"))
+    origin = f"{parts.scheme}://{parts.netloc}"
+    return [f"{origin}/.well-known/oauth-authorization-server{parts.path}",
+            f"{issuer.rstrip('/')}/.well-known/openid-configuration"]
+
+
+def endpoints_from_metadata(status: int, body: bytes, issuer: str) -> dict[str, str] | None:
+    """The endpoints an authorization server's metadata names, or None when it is not usable. Its issuer
+    must be the configured one (RFC 8414 §3.3), or the document is ignored."""
+    answer = _json_object(body) if status == 200 else None
+    if not answer or str(answer.get("issuer", "")).rstrip("/") != issuer.rstrip("/"):
+        return None
+    endpoints = {}
+    for key in ("introspection_endpoint", "userinfo_endpoint", "token_endpoint"):
+        value = answer.get(key)
+        if isinstance(value, str) and urlsplit(value).scheme in ("http", "https") and urlsplit(value).hostname:
+            endpoints[key] = value
+    return endpoints
 
 
 def userinfo_request(url: str, token: str) -> HttpRequest:

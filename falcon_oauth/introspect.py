@@ -97,10 +97,12 @@ class _Driver:
     """Everything both drivers do that needs no I/O."""
 
     def __init__(self, settings: Settings, cache: VerdictCache) -> None:
+        self.configured = settings  # what the operator set; discovery fills the rest into self.settings
         self.settings = settings
         self.cache = cache
-        self.userinfo_url = settings.userinfo_url
         self.policy = settings.policy
+        self.next_discovery = time.monotonic() + settings.discovery_refresh_seconds
+        self.service_token: tuple[str, float] | None = None  # CLIENT_AUTH_METHOD=bearer: (token, use until)
         self.last_answer = -math.inf  # monotonic time of the last trustworthy introspection answer
         self.last_probe = -math.inf
         self.last_problem: str | None = None
@@ -109,10 +111,50 @@ class _Driver:
         request = core.parse_plugin_request(core.parse_body(raw), self.settings.token_max_length)
         return dataclasses.replace(request, request_id=request_id(request.request_id, header_request_id))
 
-    def _introspection_request(self, token: str) -> HttpRequest:
+    def _introspection_request(self, token: str, bearer: str | None) -> HttpRequest:
         s = self.settings
         return core.introspection_request(s.introspection_url, s.oauth_client_id, s.oauth_client_secret,
-                                          s.client_auth_method, token)
+                                          s.client_auth_method, token, bearer)
+
+    def _discovery_due(self) -> bool:
+        if not self.configured.oidc_discovery or time.monotonic() < self.next_discovery:
+            return False
+        self.next_discovery = time.monotonic() + self.configured.discovery_refresh_seconds
+        return True
+
+    def _rediscover(self) -> None:
+        """Blocking (run in a thread by the async driver); a failure keeps the endpoints already known."""
+        from falcon_oauth.discovery import discover
+        from falcon_oauth.settings import SettingsError
+
+        try:
+            self.settings = discover(self.configured)
+        except SettingsError as error:
+            log.warning("discovery refresh failed, keeping the known endpoints: %s", error.reason)
+
+    def _fresh_service_token(self) -> str | None:
+        """The plugin's own bearer token when it is still good, else None."""
+        if self.service_token is not None and time.monotonic() < self.service_token[1]:
+            return self.service_token[0]
+        return None
+
+    def _token_request(self) -> HttpRequest:
+        s = self.settings
+        if not s.token_url:
+            raise Undecided(core.AUTH_SERVER_ERROR, "no token endpoint for CLIENT_AUTH_METHOD=bearer")
+        return core.token_request(s.token_url, s.oauth_client_id, s.oauth_client_secret, s.token_scope,
+                                  s.token_audience)
+
+    def _keep_service_token(self, status: int, body: bytes) -> str:
+        self.service_token = core.token_result(status, body, time.monotonic())
+        return self.service_token[0]
+
+    def _drop_service_token(self) -> bool:
+        """After a 401 from introspection: forget the plugin's token, so one new one is tried."""
+        if self.settings.client_auth_method != "bearer":
+            return False
+        self.service_token = None
+        return True
 
     def _introspection_result(self, status: int, body: bytes, retry_after: str | None) -> Introspected:
         try:
@@ -356,15 +398,30 @@ class Authenticator(_Driver):
         return None
 
     def _introspect(self, token: str) -> Introspected:
-        status, body, retry_after = self._send(self._introspection_request(token))
+        if self._discovery_due():
+            self._rediscover()
+        bearer = self._service_token()
+        status, body, retry_after = self._send(self._introspection_request(token, bearer))
+        if status == 401 and self._drop_service_token():
+            bearer = self._service_token()
+            status, body, retry_after = self._send(self._introspection_request(token, bearer))
         record = self._introspection_result(status, body, retry_after)
-        if record.active and self.userinfo_url:
+        if record.active and self.settings.userinfo_url:
             try:
-                status, body, _ = self._send(core.userinfo_request(self.userinfo_url, token))
+                status, body, _ = self._send(core.userinfo_request(self.settings.userinfo_url, token))
             except Undecided:
                 status, body = None, b""
             record = self._merge_userinfo(record, status, body)
         return record
+
+    def _service_token(self) -> str | None:
+        if self.settings.client_auth_method != "bearer":
+            return None
+        return self._fresh_service_token() or self._flights.run("\0service-token", self._fetch_service_token)
+
+    def _fetch_service_token(self) -> str:
+        status, body, _ = self._send(self._token_request())
+        return self._keep_service_token(status, body)
 
     def _send(self, request: HttpRequest) -> tuple[int, bytes, str | None]:
         deadline = time.monotonic() + self.settings.auth_server_timeout
@@ -479,15 +536,30 @@ class AsyncAuthenticator(_Driver):
         return None
 
     async def _introspect(self, token: str) -> Introspected:
-        status, body, retry_after = await self._send(self._introspection_request(token))
+        if self._discovery_due():
+            await asyncio.to_thread(self._rediscover)
+        bearer = await self._service_token()
+        status, body, retry_after = await self._send(self._introspection_request(token, bearer))
+        if status == 401 and self._drop_service_token():
+            bearer = await self._service_token()
+            status, body, retry_after = await self._send(self._introspection_request(token, bearer))
         record = self._introspection_result(status, body, retry_after)
-        if record.active and self.userinfo_url:
+        if record.active and self.settings.userinfo_url:
             try:
-                status, body, _ = await self._send(core.userinfo_request(self.userinfo_url, token))
+                status, body, _ = await self._send(core.userinfo_request(self.settings.userinfo_url, token))
             except Undecided:
                 status, body = None, b""
             record = self._merge_userinfo(record, status, body)
         return record
+
+    async def _service_token(self) -> str | None:
+        if self.settings.client_auth_method != "bearer":
+            return None
+        return self._fresh_service_token() or await self._flights.run("\0service-token", self._fetch_service_token)
+
+    async def _fetch_service_token(self) -> str:
+        status, body, _ = await self._send(self._token_request())
+        return self._keep_service_token(status, body)
 
     async def _send(self, request: HttpRequest) -> tuple[int, bytes, str | None]:
         deadline = time.monotonic() + self.settings.auth_server_timeout

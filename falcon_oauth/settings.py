@@ -20,7 +20,8 @@ from urllib.parse import urljoin, urlsplit
 from falcon_oauth import __version__
 from falcon_oauth.core import Policy, Route
 
-CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
+CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "bearer", "none")
+DEFAULT_INTROSPECTION_ENDPOINT = "/oauth/introspect"
 CACHE_BACKENDS = ("memory", "memcached", "null")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SECRET_KEYS = ("OAUTH_CLIENT_SECRET", "PLUGIN_API_KEY", "CACHE_KEY_SECRET")
@@ -50,8 +51,13 @@ class Settings:
     auth_server_url: str
     oauth_client_id: str = "mockforge"
     oauth_client_secret: str = field(default="", repr=False)
-    introspection_endpoint: str = "/oauth/introspect"
+    introspection_endpoint: str | None = None  # DEFAULT_INTROSPECTION_ENDPOINT unless discovered
     userinfo_endpoint: str | None = None
+    token_endpoint: str | None = None
+    token_scope: str | None = None
+    token_audience: str | None = None
+    oidc_discovery: bool = False
+    discovery_refresh_seconds: int = 3600
     userinfo_required: bool = False
     client_auth_method: str = "client_secret_basic"
     auth_server_timeout: float = 5.0
@@ -88,7 +94,11 @@ class Settings:
 
     @property
     def introspection_url(self) -> str:
-        return _endpoint_url(self.auth_server_url, self.introspection_endpoint)
+        return _endpoint_url(self.auth_server_url, self.introspection_endpoint or DEFAULT_INTROSPECTION_ENDPOINT)
+
+    @property
+    def token_url(self) -> str | None:
+        return _endpoint_url(self.auth_server_url, self.token_endpoint) if self.token_endpoint else None
 
     @property
     def userinfo_url(self) -> str | None:
@@ -278,7 +288,7 @@ def _validated(s: Settings) -> Settings:
     check(url.scheme in ("http", "https") and bool(url.hostname), "AUTH_SERVER_URL",
           "must be an http(s) URL with a host")
     for key, endpoint in (("INTROSPECTION_ENDPOINT", s.introspection_endpoint),
-                          ("USERINFO_ENDPOINT", s.userinfo_endpoint)):
+                          ("USERINFO_ENDPOINT", s.userinfo_endpoint), ("TOKEN_ENDPOINT", s.token_endpoint)):
         if endpoint and urlsplit(endpoint).scheme:
             check(urlsplit(endpoint).scheme in ("http", "https") and bool(urlsplit(endpoint).hostname),
                   key, "must be a path or an http(s) URL")
@@ -287,6 +297,9 @@ def _validated(s: Settings) -> Settings:
           f"must be one of {', '.join(CLIENT_AUTH_METHODS)}")
     check(s.client_auth_method == "none" or bool(s.oauth_client_secret), "OAUTH_CLIENT_SECRET",
           f"is required with CLIENT_AUTH_METHOD={s.client_auth_method}")
+    check(s.client_auth_method != "bearer" or bool(s.token_endpoint) or s.oidc_discovery, "TOKEN_ENDPOINT",
+          "is required with CLIENT_AUTH_METHOD=bearer (or set OIDC_DISCOVERY=true)")
+    check(60 <= s.discovery_refresh_seconds <= 86400, "DISCOVERY_REFRESH_SECONDS", "must be between 60 and 86400")
     check(0 < s.auth_server_timeout <= 120, "AUTH_SERVER_TIMEOUT", "must be between 0 and 120 seconds")
     check(0 <= s.auth_server_retries <= 5, "AUTH_SERVER_RETRIES", "must be between 0 and 5")
     for key, path in (("AUTH_SERVER_CA_BUNDLE", s.auth_server_ca_bundle),

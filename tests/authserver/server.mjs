@@ -22,7 +22,7 @@ const configuration = {
       // the plugin: it only introspects. Its secret holds every character RFC 6749 §2.3.1 must encode.
       client_id: 'mockforge',
       client_secret: 'p@ss:word+/= with space',
-      grant_types: [],
+      grant_types: ['client_credentials'], // for pre-authorization: its own token for a protected introspection
       response_types: [],
       redirect_uris: [],
       token_endpoint_auth_method: 'client_secret_basic',

@@ -35,18 +35,19 @@ def create_app(settings: Settings, *, asgi: bool, transport: Any = None) -> falc
         driver: Any = AsyncAuthenticator(settings, cache, transport)
         middleware.insert(0, r.Lifespan(driver))
         app: falcon.App = falcon.asgi.App(middleware=middleware)
-        health, ready, metrics = r.AsyncHealth, r.AsyncReady, r.AsyncMetrics
+        health, ready, metrics, openapi = r.AsyncHealth, r.AsyncReady, r.AsyncMetrics, r.AsyncOpenAPI
         authenticate, purge = r.AsyncAuthenticate, r.AsyncPurge
     else:
         driver = Authenticator(settings, cache, transport)
         app = falcon.App(middleware=middleware)
-        health, ready, metrics = r.Health, r.Ready, r.Metrics
+        health, ready, metrics, openapi = r.Health, r.Ready, r.Metrics, r.OpenAPI
         authenticate, purge = r.Authenticate, r.Purge
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(r.serialize_error)
     app.add_route("/health", health(settings))
     app.add_route("/health/ready", ready(driver))
     app.add_route("/metrics", metrics())
+    app.add_route("/openapi.json", openapi())
     app.add_route("/plugin/authenticate", authenticate(driver, settings.max_body_bytes))
     if settings.plugin_api_key:  # purging is only ever open to the holder of the plugin's key
         app.add_route("/plugin/cache/purge", purge(driver, settings.max_body_bytes, settings.token_max_length))

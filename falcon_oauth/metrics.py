@@ -18,6 +18,9 @@ from prometheus_client import (
     multiprocess,
 )
 
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the client writes there as soon as a metric exists
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
 AUTH_REQUESTS = Counter("falcon_oauth_auth_requests", "Authentication requests by dialect and outcome "
                         "(authenticated, rejected, undecided)", ["dialect", "outcome"])
 REJECTIONS = Counter("falcon_oauth_rejections", "Rejected tokens by reason code", ["reason"])

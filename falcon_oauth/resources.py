@@ -87,6 +87,30 @@ class AsyncMetrics:
         resp.data, resp.content_type = metrics_text()
 
 
+class OpenAPI:
+    """The OpenAPI 3.1 document of this API, read once."""
+
+    def __init__(self) -> None:
+        import json
+        from pathlib import Path
+
+        import yaml
+
+        from falcon_oauth import __version__
+
+        document = yaml.safe_load((Path(__file__).with_name("openapi.yaml")).read_text())
+        document["info"]["version"] = __version__
+        self.body = json.dumps(document).encode()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.data, resp.content_type = self.body, falcon.MEDIA_JSON
+
+
+class AsyncOpenAPI(OpenAPI):
+    async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:  # type: ignore[override]
+        resp.data, resp.content_type = self.body, falcon.MEDIA_JSON
+
+
 class Ready:
     def __init__(self, driver: Any) -> None:
         self.driver = driver

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import falcon
 import falcon.asgi
+import orjson
 
 from falcon_oauth import resources as r
 from falcon_oauth.cache import VerdictCache
@@ -43,6 +44,9 @@ def create_app(settings: Settings, *, asgi: bool, transport: Any = None) -> falc
         health, ready, metrics, openapi = r.Health, r.Ready, r.Metrics, r.OpenAPI
         authenticate, purge = r.Authenticate, r.Purge
     app.req_options.strip_url_path_trailing_slash = True
+    json_handler = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)  # the profile's choice
+    app.req_options.media_handlers[falcon.MEDIA_JSON] = json_handler
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = json_handler
     app.set_error_serializer(r.serialize_error)
     app.add_route("/health", health(settings))
     app.add_route("/health/ready", ready(driver))

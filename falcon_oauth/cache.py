@@ -2,8 +2,9 @@
 
 - Keys are an HMAC-SHA256 of the token under a deployment secret, bound to the introspection endpoint,
   a format version and (memcached) a generation that ``clear()`` bumps: the region's key mangler.
-- Values are JSON ``{"record": ..., "expires_at": ...}`` and hold no token; one that fails to decode is
-  a miss. ``expires_at`` gives every entry its own lifetime (never past the token's ``exp``).
+- memcached values are JSON ``{"record": ..., "expires_at": ...}`` (never pickle) and hold no token; one
+  that fails to decode is a miss. The memory backend keeps the record object itself. ``expires_at`` gives
+  every entry its own lifetime (never past the token's ``exp``).
 - The memory backend is handed a bounded, thread-safe LRU mapping: dogpile's own dict never evicts.
 - The memcached backend is dogpile's pymemcache backend with socket timeouts and JSON values.
 - A cache fault is never a request fault: it is counted, logged at most once a minute, and reads as a miss.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import math
 import threading
@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from dogpile.cache import make_region, register_backend
 from dogpile.cache.api import NO_VALUE, CantDeserializeException
 from dogpile.cache.backends.memcached import PyMemcacheBackend
@@ -95,14 +96,10 @@ class TimedPyMemcacheBackend(PyMemcacheBackend):
 register_backend("falcon_oauth.pymemcache", "falcon_oauth.cache", "TimedPyMemcacheBackend")
 
 
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
-
-
 def _loads(data: bytes) -> Any:
     try:
-        return json.loads(data)
-    except ValueError:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
         raise CantDeserializeException() from None
 
 
@@ -155,7 +152,7 @@ class VerdictCache:
         self._generation_read = -math.inf
         self._last_error_log = -math.inf
         self.errors = 0
-        serializing = {"serializer": _dumps, "deserializer": _loads} if self.blocking else {}
+        serializing = {"serializer": orjson.dumps, "deserializer": _loads} if self.blocking else {}
         self.region = make_region(key_mangler=self.key, **serializing).configure_from_config(
             region_config(settings), "cache.")
 
@@ -199,9 +196,11 @@ class VerdictCache:
         if value is NO_VALUE:
             return None
         try:
-            if value["expires_at"] <= self._clock():
-                return None
-            return Introspected.from_json(value["record"])
+            if self.blocking:  # JSON from memcached: checked, since anything may have written it
+                record, expires_at = Introspected.from_json(value["record"]), value["expires_at"]
+            else:  # memory: the record itself, as this process stored it
+                record, expires_at = value
+            return record if expires_at > self._clock() else None
         except (TypeError, KeyError, ValueError):
             return None
 
@@ -209,8 +208,10 @@ class VerdictCache:
         ttl = self.ttl(record)
         if ttl <= 0:
             return
+        expires_at = self._clock() + ttl
+        value = {"record": record.to_json(), "expires_at": expires_at} if self.blocking else (record, expires_at)
         try:
-            self.region.set(token, {"record": record.to_json(), "expires_at": self._clock() + ttl})
+            self.region.set(token, value)
         except Exception as exc:
             self._report(exc)
 

@@ -14,13 +14,14 @@ This module imports neither falcon, httpx nor dogpile; its tests need no server.
 from __future__ import annotations
 
 import base64
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 from urllib.parse import parse_qs, quote_plus, urlsplit
+
+import orjson
 
 MAX_JSON_DEPTH = 32
 
@@ -205,29 +206,27 @@ def parse_body(raw: bytes) -> Any:
     if not raw.strip():
         raise BadRequest("empty_body", "the request body is empty; send a JSON object")
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest("invalid_encoding", "the request body is not valid UTF-8") from None
-    try:
-        value = json.loads(text)
-    except RecursionError:
-        raise BadRequest("too_deeply_nested", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
-    except ValueError:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        if "recursion" in str(error):
+            raise BadRequest("too_deeply_nested", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("invalid_encoding", "the request body is not valid UTF-8") from None
         raise BadRequest("invalid_json", "the request body is not valid JSON") from None
-    if _depth(value) > MAX_JSON_DEPTH:
+    if _too_deep(value, 1):
         raise BadRequest("too_deeply_nested", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return value
 
 
-def _depth(value: Any) -> int:
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            if depth <= MAX_JSON_DEPTH:
-                stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
+def _too_deep(value: Any, depth: int) -> bool:
+    """Whether containers nest deeper than MAX_JSON_DEPTH; only containers are visited."""
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for child in children:
+        if isinstance(child, dict | list) and (depth >= MAX_JSON_DEPTH or _too_deep(child, depth + 1)):
+            return True
+    return False
 
 
 def parse_plugin_request(body: Any, token_max_length: int) -> PluginRequest:
@@ -400,8 +399,8 @@ def retry_after(value: str | None, default: int = 5) -> int:
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(body)
-    except (ValueError, RecursionError):
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
 
@@ -500,22 +499,24 @@ def _identity(verdict: Verdict) -> dict[str, Any]:
             "roles": strings("roles"), "groups": strings("groups"), "attributes": {}}
 
 
-def render_verdict(dialect: Dialect, verdict: Verdict, metadata: Mapping[str, Any]) -> Answer:
+def render_verdict(dialect: Dialect, verdict: Verdict, metadata: Mapping[str, Any],
+                   headers: Mapping[str, str] | None = None) -> Answer:
+    headers = headers or {}
     if dialect is Dialect.SDK:
         claims = dict(verdict.claims) if verdict.authenticated else {"error": verdict.reason, **verdict.detail}
         return Answer(200, {"success": True, "result": {
-            "authenticated": verdict.authenticated, "user_id": verdict.user_id, "claims": claims}})
+            "authenticated": verdict.authenticated, "user_id": verdict.user_id, "claims": claims}}, headers)
     return Answer(200, {
         "authenticated": verdict.authenticated,
         "identity": _identity(verdict) if verdict.authenticated else None,
         "claims": dict(verdict.claims) if verdict.authenticated else {},
         "metadata": {**metadata, **verdict.detail},
         "error_message": None if verdict.authenticated else verdict.reason,
-    })
+    }, headers)
 
 
-def render_undecided(dialect: Dialect, error: Undecided) -> Answer:
-    headers = {"Retry-After": str(error.retry_after)}
+def render_undecided(dialect: Dialect, error: Undecided, headers: Mapping[str, str] | None = None) -> Answer:
+    headers = {**(headers or {}), "Retry-After": str(error.retry_after)}
     if dialect is Dialect.SDK:
         return Answer(503, {"success": False, "error": error.code}, headers)
     return Answer(503, {"authenticated": False, "identity": None, "claims": {}, "metadata": {},

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import itertools
 import logging
 import math
@@ -107,9 +106,8 @@ class _Driver:
         self.last_probe = -math.inf
         self.last_problem: str | None = None
 
-    def _parse(self, raw: bytes, header_request_id: str | None) -> PluginRequest:
-        request = core.parse_plugin_request(core.parse_body(raw), self.settings.token_max_length)
-        return dataclasses.replace(request, request_id=request_id(request.request_id, header_request_id))
+    def _parse(self, raw: bytes) -> PluginRequest:
+        return core.parse_plugin_request(core.parse_body(raw), self.settings.token_max_length)
 
     def _introspection_request(self, token: str, bearer: str | None) -> HttpRequest:
         s = self.settings
@@ -161,7 +159,7 @@ class _Driver:
             record = core.introspection_result(status, body, retry_after)
         except Undecided as error:
             self.last_problem = error.code
-            obs.INTROSPECTION_ERRORS.labels(error.code).inc()
+            obs.child(obs.INTROSPECTION_ERRORS, error.code).inc()
             raise
         self.last_answer = time.monotonic()
         self.last_problem = None
@@ -170,7 +168,7 @@ class _Driver:
     def _merge_userinfo(self, record: Introspected, status: int | None, body: bytes) -> Introspected:
         return core.merge_userinfo(record, status, body, self.settings.userinfo_required)
 
-    def _answer(self, request: PluginRequest, record: Introspected | None, cache: str | None,
+    def _answer(self, request: PluginRequest, rid: str, record: Introspected | None, cache: str | None,
                 started: float, upstream: float | None = None) -> Answer:
         if record is None:
             verdict = core.Verdict(False, request.problem)
@@ -178,26 +176,28 @@ class _Driver:
             verdict = core.decide(record, time.time(), self.settings.clock_skew_seconds, self.policy,
                                   request.method, request.path)
         outcome = "authenticated" if verdict.authenticated else "rejected"
-        self._report(request, outcome, verdict.reason, verdict.user_id, cache, started, upstream)
-        answer = core.render_verdict(request.dialect, verdict, {"cache": cache} if cache else {})
-        return dataclasses.replace(answer, headers={"X-Request-ID": request.request_id})
+        self._report(request, rid, outcome, verdict.reason, verdict.user_id, cache, started, upstream)
+        return core.render_verdict(request.dialect, verdict, {"cache": cache} if cache else {},
+                                   {"X-Request-ID": rid})
 
-    def _undecided(self, request: PluginRequest, error: Undecided, started: float, upstream: float) -> Answer:
-        self._report(request, "undecided", error.code, None, MISS, started, upstream, error.detail)
-        answer = core.render_undecided(request.dialect, error)
-        return dataclasses.replace(answer, headers={**answer.headers, "X-Request-ID": request.request_id})
+    def _undecided(self, request: PluginRequest, rid: str, error: Undecided, started: float,
+                   upstream: float) -> Answer:
+        self._report(request, rid, "undecided", error.code, None, MISS, started, upstream, error.detail)
+        return core.render_undecided(request.dialect, error, {"X-Request-ID": rid})
 
-    def _report(self, request: PluginRequest, outcome: str, reason: str | None, user_id: str | None,
+    def _report(self, request: PluginRequest, rid: str, outcome: str, reason: str | None, user_id: str | None,
                 cache: str | None, started: float, upstream: float | None, detail: str | None = None) -> None:
         """One log line and the metrics of one decision."""
-        obs.AUTH_REQUESTS.labels(request.dialect.value, outcome).inc()
+        obs.child(obs.AUTH_REQUESTS, request.dialect.value, outcome).inc()
         if outcome == "rejected":
-            obs.REJECTIONS.labels(reason).inc()
+            obs.child(obs.REJECTIONS, reason).inc()
         if cache:
-            obs.CACHE_REQUESTS.labels(cache).inc()
+            obs.child(obs.CACHE_REQUESTS, cache).inc()
+        if not log.isEnabledFor(logging.INFO):
+            return
         now = time.perf_counter()
         log.info("authentication %s", outcome, extra={
-            "request_id": request.request_id, "dialect": request.dialect.value, "outcome": outcome,
+            "request_id": rid, "dialect": request.dialect.value, "outcome": outcome,
             "reason": reason, "user_id": user_id or None, "cache": cache, "detail": detail,
             "latency_ms": round((now - started) * 1000, 2),
             "upstream_ms": None if upstream is None else round((now - upstream) * 1000, 2)})
@@ -231,7 +231,7 @@ class _Driver:
         try:
             yield
         except Undecided as error:
-            obs.INTROSPECTION_ERRORS.labels(error.code).inc()
+            obs.child(obs.INTROSPECTION_ERRORS, error.code).inc()
             raise
         finally:
             obs.INTROSPECTION_DURATION.observe(time.perf_counter() - started)
@@ -342,17 +342,18 @@ class Authenticator(_Driver):
     def close(self) -> None:
         self._client.close()
 
-    def authenticate(self, raw: bytes, request_id: str | None = None) -> Answer:
+    def authenticate(self, raw: bytes, header_request_id: str | None = None) -> Answer:
         started = time.perf_counter()
-        request = self._parse(raw, request_id)
+        request = self._parse(raw)
+        rid = request_id(request.request_id, header_request_id)
         if request.token is None:
-            return self._answer(request, None, None, started)
+            return self._answer(request, rid, None, None, started)
         upstream = time.perf_counter()
         try:
             record, cache = self._lookup(request.token)
         except Undecided as error:
-            return self._undecided(request, error, started, upstream)
-        return self._answer(request, record, cache, started, upstream if cache == MISS else None)
+            return self._undecided(request, rid, error, started, upstream)
+        return self._answer(request, rid, record, cache, started, upstream if cache == MISS else None)
 
     def readiness(self) -> Answer:
         if self._probe_due():
@@ -480,17 +481,18 @@ class AsyncAuthenticator(_Driver):
             return await asyncio.to_thread(fn, *args)
         return fn(*args)
 
-    async def authenticate(self, raw: bytes, request_id: str | None = None) -> Answer:
+    async def authenticate(self, raw: bytes, header_request_id: str | None = None) -> Answer:
         started = time.perf_counter()
-        request = self._parse(raw, request_id)
+        request = self._parse(raw)
+        rid = request_id(request.request_id, header_request_id)
         if request.token is None:
-            return self._answer(request, None, None, started)
+            return self._answer(request, rid, None, None, started)
         upstream = time.perf_counter()
         try:
             record, cache = await self._lookup(request.token)
         except Undecided as error:
-            return self._undecided(request, error, started, upstream)
-        return self._answer(request, record, cache, started, upstream if cache == MISS else None)
+            return self._undecided(request, rid, error, started, upstream)
+        return self._answer(request, rid, record, cache, started, upstream if cache == MISS else None)
 
     async def readiness(self) -> Answer:
         if self._probe_due():

@@ -4,28 +4,35 @@ configs (config/logging.json) can name its filter before the app is loaded."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import sys
 import uuid
 from collections.abc import Iterable
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
+_PROCESS_PREFIX = uuid.uuid4().hex[:16]
+_SEQUENCE = itertools.count(1)
+
+
 def request_id(*candidates: str | None) -> str:
     """The first well-formed candidate (the host's ``context.request_id``, an ``X-Request-ID``), else a new
-    one: a request id goes into every log line, so nothing else may pass."""
+    one, unique across processes (a random per-process prefix and a counter): a request id goes into every
+    log line, so nothing else may pass."""
     for candidate in candidates:
         if candidate and _REQUEST_ID.fullmatch(candidate):
             return candidate
-    return uuid.uuid4().hex
+    return f"{_PROCESS_PREFIX}{next(_SEQUENCE):016x}"
 
 
 _BEARER = re.compile(r"(?i)(bearer\s+|basic\s+|access_token=|token=|x-api-key:\s*)[^\s\"'&,;]+")
 MASK = "[redacted]"
+_STANDARD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 class Redact(logging.Filter):
@@ -42,13 +49,12 @@ class Redact(logging.Filter):
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.args:
-            record.msg, record.args = record.getMessage(), None
-        record.msg = self._clean(str(record.msg))
-        for key, value in list(vars(record).items()):
-            if isinstance(value, str) and key not in ("msg", "name", "levelname", "pathname", "filename",
-                                                       "module", "funcName", "processName", "threadName"):
-                setattr(record, key, self._clean(value))
+        record.msg = self._clean(record.getMessage() if record.args else str(record.msg))
+        record.args = None
+        extras = vars(record)
+        for key, value in extras.items():  # only the extras: the standard fields carry no request data
+            if isinstance(value, str) and key not in _STANDARD_FIELDS:
+                extras[key] = self._clean(value)
         if record.exc_info and record.exc_info[1] is not None:
             record.exc_text = self._clean(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
@@ -58,7 +64,7 @@ class Redact(logging.Filter):
 def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
     """One JSON object per line on stdout for this package, uvicorn and gunicorn."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(process)d %(message)s", rename_fields={
+    handler.setFormatter(OrjsonFormatter("%(asctime)s %(levelname)s %(name)s %(process)d %(message)s", rename_fields={
         "asctime": "time", "levelname": "level", "name": "logger", "process": "pid"}))
     handler.addFilter(Redact(secrets))
     root = logging.getLogger()

@@ -6,6 +6,7 @@ every worker (the client's multiprocess mode).
 
 from __future__ import annotations
 
+import functools
 import os
 
 from prometheus_client import (
@@ -34,6 +35,12 @@ INTROSPECTION_ERRORS = Counter("falcon_oauth_introspection_errors", "Calls to th
                                "that could not decide, by reason code", ["reason"])
 INFLIGHT = Gauge("falcon_oauth_inflight_introspections", "Calls to the authorization server under way",
                  multiprocess_mode="livesum")
+
+@functools.cache
+def child(metric: Counter, *labels: str | None) -> Counter:
+    """``metric.labels(*labels)``, looked up once per label set: the lookup costs more than the count."""
+    return metric.labels(*labels)
+
 
 def metrics_text() -> tuple[bytes, str]:
     """The exposition of this process, or of every worker in multiprocess mode."""

@@ -1,0 +1,227 @@
+"""The falcon-oauth benchmark: ``python bench/run.py`` (``--seconds``, ``--rounds``; ``--quick`` for a smoke run).
+
+Starts a stand-in authorization server (aiohttp, configurable latency), the plugin in each mode
+(``uvicorn asgi:app``, one worker; ``gunicorn wsgi:app``, one worker, 16 threads) and the floor (a Falcon app
+that parses the plugin request and answers a constant) under the same server and flags. Servers run on
+core 0, the load generator (wrk) and the stand-in on core 1. A and B are alternated and medians reported,
+so the ratios of one run are what counts, not absolute numbers across runs.
+
+Prints a Markdown table and writes it, with the date and the core count, to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+SERVER_CORE, LOAD_CORE = "0", "1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+class Process:
+    def __init__(self, argv: list[str], core: str, env: dict[str, str] | None = None, port: int | None = None):
+        self.port = port or free_port()
+        argv = [a.format(port=self.port) for a in argv]
+        self.popen = subprocess.Popen(["taskset", "-c", core, *argv], cwd=ROOT, env={**os.environ, **(env or {})},
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def worker_pid(self) -> int:
+        """The process that serves: gunicorn's one worker, else the process itself."""
+        children = Path(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children").read_text().split()
+        return int(children[0]) if children else self.popen.pid
+
+    def rss_mb(self) -> float:
+        status = Path(f"/proc/{self.worker_pid()}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+
+
+def server_argv(mode: str, app: str) -> list[str]:
+    py = sys.executable
+    if mode == "asgi":
+        return [py, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", "{port}", "--workers", "1",
+                "--no-access-log", "--log-level", "warning"]
+    return [py, "-m", "gunicorn", app, "-b", "127.0.0.1:{port}", "--workers", "1", "--threads", "16",
+            "-k", "gthread", "--log-level", "warning", "--backlog", "2048"]
+
+
+APPS = {"asgi": ("asgi:app", "bench.floor:asgi_app"), "wsgi": ("wsgi:app", "bench.floor:wsgi_app")}
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(url: str, script: str, connections: int, seconds: int, env: dict[str, str] | None = None) -> dict:
+    out = subprocess.run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+                          "--latency", "-s", str(BENCH / script), url], capture_output=True, text=True,
+                         env={**os.environ, **(env or {})}, timeout=seconds + 60).stdout
+    def latency(pct: str) -> float:
+        value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)$", out, re.M).groups()
+        return float(value) * _UNITS[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": latency("50"),
+            "p99": latency("99"), "non2xx": int(errors.group(1)) if errors else 0}
+
+
+def median_run(runs: list[dict]) -> dict:
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
+def spray_tokens(plugin: str, standin: str, count: int, prefix: str, seconds: int) -> int:
+    """Distinct tokens sent to ``plugin`` until the stand-in has seen ``count`` more (at most 20 wrk runs)."""
+    start = httpx.get(f"{standin}/stats").json()["tokens"]
+    for part in range(20):
+        if httpx.get(f"{standin}/stats").json()["tokens"] - start >= count:
+            break
+        wrk(plugin + "/plugin/authenticate", "unique.lua", 32, seconds, {"TOKEN_PREFIX": f"{prefix}{part}"})
+    return httpx.get(f"{standin}/stats").json()["tokens"] - start
+
+
+async def herd(url: str, token: str, n: int) -> list[int]:
+    body = {"credentials": {"type": "bearer", "token": token}}
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        answers = await asyncio.gather(*(client.post(f"{url}/plugin/authenticate", json=body) for _ in range(n)))
+    return [a.status_code for a in answers]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per comparison")
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s: check that it runs")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.rounds = 2, 1
+    if not shutil.which("wrk"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    prom = tempfile.mkdtemp(prefix="bench-prom-")
+    standins = {latency: Process([sys.executable, str(BENCH / "standin.py"), "{port}", str(latency)], LOAD_CORE)
+                for latency in (0, 50)}
+    for s in standins.values():
+        wait_for(f"{s.url}/stats")
+    rows: list[tuple[str, str, dict, str]] = []
+    notes: list[str] = []
+    try:
+        for mode in ("asgi", "wsgi"):
+            plugin_app, floor_app = APPS[mode]
+            env = {"AUTH_SERVER_URL": standins[0].url, "INTROSPECTION_ENDPOINT": "/introspect",
+                   "OAUTH_CLIENT_SECRET": "bench-secret", "LOG_LEVEL": "INFO",
+                   "PROMETHEUS_MULTIPROC_DIR": "" if mode == "asgi" else prom}
+            env = {k: v for k, v in env.items() if v}
+            plugin = Process(server_argv(mode, plugin_app), SERVER_CORE, env)
+            quiet = Process(server_argv(mode, plugin_app), SERVER_CORE, {**env, "LOG_LEVEL": "WARNING"})
+            floor = Process(server_argv(mode, floor_app), SERVER_CORE)
+            slow_env = {**env, "AUTH_SERVER_URL": standins[50].url}
+            slow_plugin = Process(server_argv(mode, plugin_app), SERVER_CORE, slow_env)
+            spray = Process(server_argv(mode, plugin_app), SERVER_CORE, {**env, "CACHE_MAX_ENTRIES": "5000"})
+            try:
+                for p in (plugin, quiet, floor, slow_plugin, spray):
+                    wait_for(f"{p.url}/health" if p is not floor else p.url)
+                idle = plugin.rss_mb()
+                # cached: plugin and floor alternated
+                runs = {"plugin": [], "quiet": [], "floor": []}
+                for r in range(args.rounds):
+                    order = [("floor", floor), ("plugin", plugin), ("quiet", quiet)]
+                    for name, p in order if r % 2 == 0 else order[::-1]:
+                        wrk(p.url + "/plugin/authenticate", "cached.lua", 32, 1)  # warm
+                        runs[name].append(wrk(p.url + "/plugin/authenticate", "cached.lua", 32, args.seconds))
+                floor_cached = median_run(runs["floor"])
+                rows.append((mode, "floor (parse + constant), 32 conns", floor_cached, ""))
+                for name, label in (("plugin", "cached token, LOG_LEVEL=INFO (a log line per decision)"),
+                                    ("quiet", "cached token, LOG_LEVEL=WARNING")):
+                    result = median_run(runs[name])
+                    ratio = f"{result['rps'] / floor_cached['rps']:.2f} × floor"
+                    rows.append((mode, f"{label}, 32 conns", result, ratio))
+                # unique tokens, authorization server at 0 ms
+                unique0 = median_run([wrk(plugin.url + "/plugin/authenticate", "unique.lua", 32, args.seconds,
+                                          {"TOKEN_PREFIX": f"{mode}0r{r}"}) for r in range(args.rounds)])
+                rows.append((mode, "unique tokens, server at 0 ms, 32 conns", unique0, ""))
+                loaded = plugin.rss_mb()
+                # unique tokens, authorization server at 50 ms, against the stand-in served directly
+                direct, unique50 = [], []
+                for r in range(args.rounds):
+                    pair = [(direct, standins[50].url + "/introspect", "standin.lua"),
+                            (unique50, slow_plugin.url + "/plugin/authenticate", "unique.lua")]
+                    for runs_of, url, script in pair if r % 2 == 0 else pair[::-1]:
+                        runs_of.append(wrk(url, script, 32, args.seconds, {"TOKEN_PREFIX": f"{mode}50r{r}"}))
+                direct, unique50 = median_run(direct), median_run(unique50)
+                rows.append((mode, "stand-in at 50 ms served directly, 32 conns", direct, ""))
+                rows.append((mode, "unique tokens, server at 50 ms, 32 conns", unique50,
+                             f"{unique50['rps'] / direct['rps']:.2f} × direct"))
+                # herd: 200 concurrent requests for one new token
+                httpx.post(f"{standins[50].url}/reset")
+                statuses = asyncio.run(herd(slow_plugin.url, f"herd-{mode}-{time.time()}", 200))
+                calls = httpx.get(f"{standins[50].url}/stats").json()["max_per_token"]
+                notes.append(f"{mode}: herd of 200 concurrent requests for one new token → {calls} introspection "
+                             f"call(s), {statuses.count(200)}/200 answered 200")
+                # memory: a spray of unique tokens against CACHE_MAX_ENTRIES=5000
+                # past CACHE_MAX_ENTRIES first, so that the cache is full; then tens of thousands more
+                spray_tokens(spray.url, standins[0].url, 100 if args.quick else 6000, f"s{mode}a", args.seconds)
+                full = spray.rss_mb()
+                sprayed = spray_tokens(spray.url, standins[0].url, 100 if args.quick else 30000, f"s{mode}b",
+                                       args.seconds)
+                notes.append(f"{mode}: RSS idle {idle:.1f} MB, after the cached and unique runs {loaded:.1f} MB; "
+                             f"CACHE_MAX_ENTRIES=5000: {full:.1f} MB once full, {spray.rss_mb():.1f} MB after "
+                             f"{sprayed} more distinct tokens")
+            finally:
+                for p in (plugin, quiet, floor, slow_plugin, spray):
+                    p.stop()
+    finally:
+        for s in standins.values():
+            s.stop()
+        shutil.rmtree(prom, ignore_errors=True)
+
+    table = ["| mode | workload | requests/s | p50 ms | p99 ms | non-2xx | ratio |", "|---|---|---|---|---|---|---|"]
+    for mode, name, r, ratio in rows:
+        table.append(f"| {mode} | {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['non2xx']:.0f} "
+                     f"| {ratio} |")
+    report = "\n".join([
+        f"# Benchmark results ({datetime.date.today().isoformat()}, {os.cpu_count()} cores, "
+        f"{args.rounds} rounds of {args.seconds} s, medians)", "",
+        "Servers on core 0; wrk and the stand-in authorization server on core 1. `python bench/run.py`.", "",
+        *table, "", *[f"- {n}" for n in notes], ""])
+    print(report)
+    if not args.quick:
+        (BENCH / "RESULTS.md").write_text(report)
+
+
+if __name__ == "__main__":
+    main()

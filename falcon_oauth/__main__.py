@@ -26,10 +26,17 @@ def settings_or_exit(**overrides: object) -> Settings:
 
 
 def serve(settings: Settings) -> None:
+    import signal
+
     import uvicorn
 
     from falcon_oauth.app import create_app
 
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again under the handler it found
+    # at start, so that the process dies by the signal. With a handler of ours there, it returns instead and
+    # the service exits 0 after a clean shutdown, which is what orchestrators expect.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(create_app(settings, asgi=True), host=settings.host, port=settings.port,
                 log_config=None, lifespan="on", timeout_graceful_shutdown=10)
 

@@ -233,7 +233,7 @@ def parse_plugin_request(body: Any, token_max_length: int) -> PluginRequest:
     """Which dialect, which token. Raises BadRequest for a body of neither shape or of wrong types."""
     if not isinstance(body, dict):
         raise BadRequest("invalid_request", "the request body must be a JSON object")
-    if "credentials" in body:
+    if body.get("credentials") is not None:
         return _parse_sdk(body, token_max_length)
     context = body.get("context")
     if (isinstance(context, dict) and "plugin_id" in context) or "method" in body or "uri" in body:
@@ -244,19 +244,23 @@ def parse_plugin_request(body: Any, token_max_length: int) -> PluginRequest:
 
 def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     value = obj.get(key)
-    if value is not None and not isinstance(value, kind):
+    if value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is int)):
         names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
         names = names.replace("dict", "object").replace("str", "string")
         raise BadRequest("invalid_request", f"`{where}{key}` must be {names} or null")
     return value
 
 
+def _string_map(obj: dict[str, Any], key: str, where: str) -> dict[str, str]:
+    """An object of strings (headers, query parameters), or BadRequest naming it."""
+    value = _get(obj, key, dict, where) or {}
+    if not all(isinstance(v, str) for v in value.values()):
+        raise BadRequest("invalid_request", f"`{where}{key}` values must be strings")
+    return value
+
+
 def _headers(obj: dict[str, Any], key: str, where: str) -> dict[str, str]:
-    headers = _get(obj, key, dict, where) or {}
-    for value in headers.values():
-        if not isinstance(value, str):
-            raise BadRequest("invalid_request", f"`{where}{key}` values must be strings")
-    return {name.lower(): value for name, value in headers.items()}
+    return {name.lower(): value for name, value in _string_map(obj, key, where).items()}
 
 
 def _parse_sdk(body: dict[str, Any], token_max_length: int) -> PluginRequest:
@@ -274,15 +278,19 @@ def _parse_sdk(body: dict[str, Any], token_max_length: int) -> PluginRequest:
 
 def _parse_host(body: dict[str, Any], token_max_length: int) -> PluginRequest:
     context = _get(body, "context", dict, "") or {}
+    for key, kind in (("plugin_id", str), ("version", dict), ("timeout_ms", int), ("environment", dict)):
+        _get(context, key, kind, "context.")  # not used, but a host that sends them sends these types
+    for key in ("client_ip", "user_agent"):
+        _get(body, key, str, "")
     custom = _get(context, "custom", dict, "context.") or {}
     request_id = _get(context, "request_id", str, "context.")
     method = _get(body, "method", str, "")
     uri = _get(body, "uri", str, "")
-    query = _get(body, "query_params", dict, "") or {}
+    query = _string_map(body, "query_params", "")
     headers = _headers(body, "headers", "")
     custom_token = _get(custom, "token", str, "context.custom.")
     custom_authorization = _get(custom, "authorization", str, "context.custom.")
-    query_token = _get(query, "access_token", str, "query_params.")
+    query_token = query.get("access_token")
     if query_token is None and uri and "access_token=" in uri:
         query_token = (parse_qs(urlsplit(uri).query).get("access_token") or [None])[0]
     token = (_bearer(headers.get("authorization")) or custom_token or _bearer(custom_authorization)
@@ -530,9 +538,9 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 
 def parse_purge(body: Any, token_max_length: int) -> str | None:
     """``{"token": "..."}`` → that token; ``{"all": true}`` → None (every entry)."""
-    if isinstance(body, dict) and body.get("all") is True and "token" not in body:
+    if body == {"all": True}:
         return None
-    if isinstance(body, dict) and isinstance(body.get("token"), str) and "all" not in body:
+    if isinstance(body, dict) and set(body) == {"token"} and isinstance(body["token"], str):
         request = _with_token(Dialect.SDK, body["token"], token_max_length, None, None, None)
         if request.token is not None:
             return request.token

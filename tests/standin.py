@@ -1,7 +1,8 @@
 """A stand-in authorization server on loopback that counts introspection calls per token and can answer
 slowly: for herd, cache and benchmark runs where the count matters (oidc-provider cannot report it).
 
-Tokens starting with ``inactive`` are inactive; the rest are active for an hour unless ``answers`` says
+Tokens starting with ``inactive`` are inactive; ``fault-500`` get a 500, ``fault-html`` a login page,
+``fault-slow`` an answer after ``slow_seconds``; the rest are active for an hour unless ``answers`` says
 otherwise. A real HTTP server, not a mock: the plugin's own client, pool and timeouts are exercised.
 """
 
@@ -19,6 +20,7 @@ from urllib.parse import parse_qs
 class StandIn:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
+        self.slow_seconds = 3.0
         self.calls: Counter[str] = Counter()
         self.answers: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -33,11 +35,15 @@ class StandIn:
                 token = form.get("token", [""])[0]
                 with standin._lock:
                     standin.calls[token] += 1
-                if standin.delay:
-                    time.sleep(standin.delay)
-                body = json.dumps(standin.answer(token)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
+                if standin.delay or token.startswith("fault-slow"):
+                    time.sleep(standin.slow_seconds if token.startswith("fault-slow") else standin.delay)
+                status, content_type, body = 200, "application/json", json.dumps(standin.answer(token)).encode()
+                if token.startswith("fault-500"):
+                    status, body = 500, b'{"error": "server_error"}'
+                elif token.startswith("fault-html"):
+                    content_type, body = "text/html", b"<html><form>Log in</form></html>"
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -45,9 +51,14 @@ class StandIn:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.server.request_queue_size = 512
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 512  # listen()'s backlog: the default 5 drops connections under load
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):  # a client that gave up (a timeout under test)
+                pass
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

@@ -102,7 +102,7 @@ def test_token_max_length_is_configurable():
     ({"credentials": {}, "context": {"headers": {"Authorization": 1}}}, "`context.headers`"),
     ({"method": 1}, "`method`"),
     ({"method": "GET", "query_params": []}, "`query_params`"),
-    ({"method": "GET", "query_params": {"access_token": 1}}, "`query_params.access_token`"),
+    ({"method": "GET", "query_params": {"access_token": 1}}, "`query_params`"),
     ({"context": {"plugin_id": "p", "custom": {"token": {}}}}, "`context.custom.token`"),
 ])
 def test_wrong_shapes_and_types_are_bad_requests_naming_the_field(body, fragment):

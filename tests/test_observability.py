@@ -112,7 +112,7 @@ def test_debug_traffic_leaves_no_token_or_secret_in_logs_or_metrics(authserver, 
             metrics = client.get("/metrics").text
     finally:
         stop(process)
-    logs = process.stdout.read().decode()
+    logs = process.output()
     records = [json.loads(line) for line in logs.splitlines()]
     assert any(r.get("outcome") == "authenticated" for r in records) and any(r["level"] == "DEBUG" for r in records)
     assert "falcon_oauth_auth_requests_total" in metrics
@@ -135,7 +135,7 @@ def test_two_gunicorn_workers_report_the_sum(authserver, tmp_path):
             texts = [client.get("/metrics").text for _ in range(4)]
     finally:
         stop(process)
-    deciding = {json.loads(line)["pid"] for line in process.stdout.read().decode().splitlines()
+    deciding = {json.loads(line)["pid"] for line in process.output().splitlines()
                 if json.loads(line).get("outcome") == "authenticated"}
     assert len(deciding) == 2  # both workers answered
     for text in texts:  # whichever worker answers /metrics, it reports every worker's count

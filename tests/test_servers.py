@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,10 +25,14 @@ COMMANDS = {
 
 
 def start(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """The server process, listening; ``process.output()`` is what it printed so far. Its output goes to a
+    file, not a pipe: a pipe nobody drains fills up and then blocks the server's logging (and its loop)."""
     port = free_port()
     env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port)}
     argv = [part.format(port=port) for part in command]
-    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tempfile.NamedTemporaryFile(prefix="falcon-oauth-server-", suffix=".log", delete=False)
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process.output = lambda: Path(log.name).read_text()
     wait_for_port(port, process)
     return process, f"http://127.0.0.1:{port}"
 
@@ -45,5 +51,5 @@ def test_each_documented_command_serves_verdicts(authserver, name):
             assert client.get("/health/ready").status_code == 200
     finally:
         stop(process)
-    output = process.stdout.read().decode()
+    output = process.output()
     assert token not in output and "Traceback" not in output

@@ -278,8 +278,12 @@ def _parse_sdk(body: dict[str, Any], token_max_length: int) -> PluginRequest:
 
 def _parse_host(body: dict[str, Any], token_max_length: int) -> PluginRequest:
     context = _get(body, "context", dict, "") or {}
-    for key, kind in (("plugin_id", str), ("version", dict), ("timeout_ms", int), ("environment", dict)):
+    for key, kind in (("plugin_id", str), ("version", dict), ("environment", dict)):
         _get(context, key, kind, "context.")  # not used, but a host that sends them sends these types
+    timeout_ms = context.get("timeout_ms")
+    if timeout_ms is not None and not (isinstance(timeout_ms, int | float) and not isinstance(timeout_ms, bool)
+                                       and 0 <= timeout_ms < 2**64 and timeout_ms == int(timeout_ms)):
+        raise BadRequest("invalid_request", "`context.timeout_ms` must be an unsigned 64-bit integer or null")
     for key in ("client_ip", "user_agent"):
         _get(body, key, str, "")
     custom = _get(context, "custom", dict, "context.") or {}

@@ -15,9 +15,15 @@ from typing import Any
 import falcon.testing
 import httpx
 import pytest
+from hypothesis import settings
 
 from falcon_oauth.app import create_app
 from falcon_oauth.settings import Settings, load_settings
+
+# CI replays the same examples every run (a red CI must be reproducible); elsewhere each run explores anew.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent

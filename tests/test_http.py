@@ -47,12 +47,22 @@ def test_bad_bodies_are_400_with_a_json_error_and_no_call_out(client, fake, body
     assert fake.calls == 0
 
 
-def test_a_body_over_the_limit_is_413(make_client, fake):
-    client = make_client(fake_settings(MAX_BODY_BYTES="2048"), fake)
-    body = json.dumps({"credentials": {"token": "a"}, "pad": "x" * 3000})
+@pytest.mark.parametrize("limit, size", [("2048", 3000), ("65536", 3 * 1024 * 1024)])
+def test_a_body_over_the_limit_is_413(make_client, fake, limit, size):
+    client = make_client(fake_settings(MAX_BODY_BYTES=limit), fake)
+    body = json.dumps({"credentials": {"token": "a"}, "pad": "x" * size})
     result = client.simulate_post("/plugin/authenticate", body=body, headers=JSON)
     assert result.status_code == 413 and result.json["error"] == "body_too_large"
     assert fake.calls == 0
+
+
+def test_no_request_field_is_ever_a_url_to_fetch(client, fake):
+    body = {"context": {"plugin_id": "p", "custom": {"token": "good"}, "environment": {
+        "AUTH_SERVER_URL": "http://attacker.test"}}, "method": "GET", "uri": "http://attacker.test/introspect",
+        "headers": {"Host": "attacker.test"}, "query_params": {"introspection_endpoint": "http://attacker.test"}}
+    assert client.simulate_post("/plugin/authenticate", json=body).json["authenticated"] is True
+    (request,) = fake.requests
+    assert str(request.url) == "http://auth.invalid/oauth/introspect"
 
 
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
@@ -74,8 +84,11 @@ def test_unknown_path_is_404_json(client):
     assert result.status_code == 404 and result.json["error"] == "not_found"
 
 
-@pytest.mark.parametrize("token, reason", [(None, "missing_token"), ("a b", "invalid_token"),
-                                           ("x" * 5000, "invalid_token"), ("tok\u00e9n", "invalid_token")])
+@pytest.mark.parametrize("token, reason", [
+    (None, "missing_token"), ("a b", "invalid_token"), ("line\nbreak", "invalid_token"), ("nul\x00", "invalid_token"),
+    ("tok\u00e9n", "invalid_token"), ("\u202etoken", "invalid_token"), ("x" * 5000, "invalid_token"),
+    ("y" * 40_000, "invalid_token"),
+], ids=["missing", "space", "newline", "nul", "non-ascii", "bidi", "5k", "40k"])
 def test_no_usable_token_is_a_verdict_without_a_call_out(client, fake, token, reason):
     credentials = {"type": "bearer"} if token is None else {"type": "bearer", "token": token}
     result = client.simulate_post("/plugin/authenticate", json={"credentials": credentials})

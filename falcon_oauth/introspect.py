@@ -324,11 +324,6 @@ class PerProcess:
                     self._value, self._pid = self._factory(), os.getpid()
         return self._value
 
-    def close(self) -> None:
-        if self._pid == os.getpid():
-            self._value.close()
-            self._pid = None
-
 
 class Authenticator(_Driver):
     """The WSGI driver."""
@@ -338,9 +333,6 @@ class Authenticator(_Driver):
         super().__init__(settings, cache)
         self._client = PerProcess(lambda: sync_client(settings, transport))
         self._flights = SingleFlight()
-
-    def close(self) -> None:
-        self._client.close()
 
     def authenticate(self, raw: bytes, header_request_id: str | None = None) -> Answer:
         started = time.perf_counter()

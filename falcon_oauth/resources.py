@@ -52,6 +52,17 @@ def _checked(raw: bytes, limit: int) -> bytes:
     return raw
 
 
+def _read(req: falcon.Request, limit: int) -> bytes:
+    """The JSON body, at most ``limit`` bytes (415 and 413 otherwise)."""
+    _check_body(req, limit)
+    return _checked(req.bounded_stream.read(limit + 1), limit)
+
+
+async def _read_async(req: falcon.Request, limit: int) -> bytes:
+    _check_body(req, limit)
+    return _checked(await req.bounded_stream.read(limit + 1), limit)
+
+
 def _bad_request(error: core.BadRequest) -> falcon.HTTPError:
     return falcon.HTTPError(falcon.code_to_http_status(error.status), title=error.code,
                             description=error.message)
@@ -130,8 +141,7 @@ class Authenticate:
         self.limit = max_body_bytes
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _check_body(req, self.limit)
-        raw = _checked(req.bounded_stream.read(self.limit + 1), self.limit)
+        raw = _read(req, self.limit)
         try:
             _write(resp, self.driver.authenticate(raw, req.get_header("X-Request-ID")))
         except core.BadRequest as error:
@@ -140,8 +150,7 @@ class Authenticate:
 
 class AsyncAuthenticate(Authenticate):
     async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:  # type: ignore[override]
-        _check_body(req, self.limit)
-        raw = _checked(await req.bounded_stream.read(self.limit + 1), self.limit)
+        raw = await _read_async(req, self.limit)
         try:
             _write(resp, await self.driver.authenticate(raw, req.get_header("X-Request-ID")))
         except core.BadRequest as error:
@@ -155,8 +164,7 @@ class Purge:
         self.token_max_length = token_max_length
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _check_body(req, self.limit)
-        raw = _checked(req.bounded_stream.read(self.limit + 1), self.limit)
+        raw = _read(req, self.limit)
         try:
             token = core.parse_purge(core.parse_body(raw), self.token_max_length)
         except core.BadRequest as error:
@@ -167,8 +175,7 @@ class Purge:
 
 class AsyncPurge(Purge):
     async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:  # type: ignore[override]
-        _check_body(req, self.limit)
-        raw = _checked(await req.bounded_stream.read(self.limit + 1), self.limit)
+        raw = await _read_async(req, self.limit)
         try:
             token = core.parse_purge(core.parse_body(raw), self.token_max_length)
         except core.BadRequest as error:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,25 @@ def make_client(asgi: bool):
         return falcon.testing.TestClient(create_app(settings, asgi=asgi, transport=transport))
 
     return make
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """Base of the tests' small loopback HTTP servers: HTTP/1.1, quiet, answers JSON."""
+
+    protocol_version = "HTTP/1.1"
+
+    def answer(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def form(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
 def contract(name: str, token: str | None = None) -> Any:

@@ -237,10 +237,9 @@ def memcached_dump(server: str) -> list[tuple[str, bytes]]:
     return pairs
 
 
-def test_memcached_holds_no_token_and_json_values(standin, memcached):
+def test_memcached_holds_no_token_and_json_values(make_client, standin, memcached):
     token = "good-secret-token-value-0123"
-    client = falcon.testing.TestClient(create_app(load_settings(standin.environ(
-        CACHE_BACKEND="memcached", MEMCACHED_SERVERS=memcached.server)), asgi=False))
+    client = make_client(load_settings(standin.environ(CACHE_BACKEND="memcached", MEMCACHED_SERVERS=memcached.server)))
     ask(client, token)
     pairs = memcached_dump(memcached.server)
     assert pairs

@@ -7,14 +7,14 @@ import json
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
 from falcon_oauth import core
 from falcon_oauth.discovery import discover_at_start
 from falcon_oauth.settings import SettingsError, load_settings
-from tests.conftest import APP_CLIENT, PLUGIN_CLIENT, ROOT, contract, free_port
+from tests.conftest import APP_CLIENT, PLUGIN_CLIENT, ROOT, JsonHandler, contract, free_port
 
 
 def test_discovery_urls_insert_the_issuer_path_as_rfc_8414_says():
@@ -82,11 +82,9 @@ class Gateway:
         self.refuse_next = False
         gateway = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(JsonHandler):
             def do_POST(self) -> None:  # noqa: N802
-                form = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                form = self.form()
                 scheme, _, bearer = (self.headers.get("Authorization") or "").partition(" ")
                 gateway.bearers.append(bearer)
                 check = authserver.http.post("/token/introspection", data={"token": bearer}, auth=APP_CLIENT).json()
@@ -98,16 +96,6 @@ class Gateway:
                 answer = authserver.http.post("/token/introspection", content=form, auth=APP_CLIENT,
                                               headers={"Content-Type": "application/x-www-form-urlencoded"})
                 self.answer(answer.status_code, answer.content)
-
-            def answer(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/introspect"

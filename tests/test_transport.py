@@ -10,7 +10,7 @@ import logging
 import ssl
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -22,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from falcon_oauth.app import create_app
 from falcon_oauth.settings import SettingsError, load_settings
-from tests.conftest import contract
+from tests.conftest import JsonHandler, contract
 from tests.fakes import FakeAuthServer, fake_settings
 
 
@@ -64,20 +64,10 @@ def pki(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
+class Handler(JsonHandler):
     def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = json.dumps({"active": True, "sub": "tls-user"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
+        self.form()
+        self.answer(200, json.dumps({"active": True, "sub": "tls-user"}).encode())
 
 
 def https_server(pki, require_client_cert: bool) -> ThreadingHTTPServer:

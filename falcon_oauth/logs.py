@@ -11,6 +11,7 @@ import sys
 import uuid
 from collections.abc import Iterable
 
+import orjson
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -49,6 +50,12 @@ class Redact(logging.Filter):
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
+        decision = record.__dict__.get("decision")
+        if decision is not None:  # a decision line: its fields are all in this mapping, its message is fixed
+            for key, value in decision.items():
+                if isinstance(value, str):
+                    decision[key] = self._clean(value)
+            return True
         record.msg = self._clean(record.getMessage() if record.args else str(record.msg))
         record.args = None
         extras = vars(record)
@@ -61,11 +68,29 @@ class Redact(logging.Filter):
         return True
 
 
+class JsonFormatter(OrjsonFormatter):
+    """python-json-logger's formatter with this project's fields, and a short path for the decision line
+    logged on every request: its fields come as one ``decision`` mapping, so nothing else of the record is
+    looked at (the generic path walks every attribute of every record and costs twice as much)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("fmt", "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s")
+        kwargs.setdefault("rename_fields", {"asctime": "time", "levelname": "level", "name": "logger",
+                                            "process": "pid"})
+        super().__init__(*args, **kwargs)
+
+    def format(self, record: logging.LogRecord) -> str:
+        decision = record.__dict__.get("decision")
+        if decision is None:
+            return super().format(record)
+        return orjson.dumps({"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                             "pid": record.process, "message": record.getMessage(), **decision}).decode()
+
+
 def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
     """One JSON object per line on stdout for this package, uvicorn and gunicorn."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(OrjsonFormatter("%(asctime)s %(levelname)s %(name)s %(process)d %(message)s", rename_fields={
-        "asctime": "time", "levelname": "level", "name": "logger", "process": "pid"}))
+    handler.setFormatter(JsonFormatter())
     handler.addFilter(Redact(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -215,23 +215,40 @@ class VerdictCache:
         except Exception as exc:
             self._report(exc)
 
-    def delete(self, token: str) -> None:
+    def delete(self, token: str) -> bool:
+        """Forget one token's entry; False when the backend could not be told. pymemcache's HashClient
+        answers its default (not an error) while it holds a server as failed, so memcached is pinged first."""
+        if not self.ping():
+            return False
         try:
             self.region.delete(token)
+            return True
         except Exception as exc:
             self._report(exc)
+            return False
 
-    def clear(self) -> None:
-        """Forget every entry of this deployment: memory is emptied, memcached's generation bumped."""
-        if self.blocking:
-            client = self.region.backend.client
-            if client.incr(self._generation_key, 1) is None:
-                client.add(self._generation_key, "1", expire=0)
-            self._generation_read = -math.inf
-        else:
+    def clear(self) -> bool:
+        """Forget every entry of this deployment (memory is emptied, memcached's generation bumped); False
+        when the backend could not be told."""
+        if not self.blocking:
             cache_dict = getattr(self.region.backend, "_cache", None)
             if cache_dict is not None:
                 cache_dict.clear()
+            return True
+        if not self.ping():  # see delete()
+            return False
+        try:
+            client = self.region.backend.client
+            bumped = client.incr(self._generation_key, 1)  # None: no generation yet; False: a held-failed node
+            if bumped is False:
+                return False
+            if bumped is None:
+                client.add(self._generation_key, "1", expire=0)
+        except Exception as exc:
+            self._report(exc)
+            return False
+        self._generation_read = -math.inf
+        return True
 
     def mutex(self, token: str) -> Any | None:
         """The backend's lock shared by every instance (memcached), or None when there is none."""

@@ -355,11 +355,8 @@ class Authenticator(_Driver):
                 pass
         return self._readiness(self.cache.ping())
 
-    def purge(self, token: str | None) -> None:
-        if token is None:
-            self.cache.clear()
-        else:
-            self.cache.delete(token)
+    def purge(self, token: str | None) -> bool:
+        return self.cache.clear() if token is None else self.cache.delete(token)
 
     def _lookup(self, token: str) -> tuple[Introspected, str]:
         record = self.cache.get(token)
@@ -494,11 +491,8 @@ class AsyncAuthenticator(_Driver):
                 pass
         return self._readiness(await self._io(self.cache.ping))
 
-    async def purge(self, token: str | None) -> None:
-        if token is None:
-            await self._io(self.cache.clear)
-        else:
-            await self._io(self.cache.delete, token)
+    async def purge(self, token: str | None) -> bool:
+        return await self._io(self.cache.clear) if token is None else await self._io(self.cache.delete, token)
 
     async def _lookup(self, token: str) -> tuple[Introspected, str]:
         record = await self._io(self.cache.get, token)

@@ -75,6 +75,14 @@ def _write(resp: falcon.Response, answer: Answer) -> None:
         resp.set_header(name, value)
 
 
+def _purged(resp: falcon.Response, token: str | None, done: bool) -> None:
+    if not done:  # never say a verdict is gone when the cache could not be told
+        raise falcon.HTTPError(falcon.HTTP_503, title="cache_unavailable",
+                               description="the cache backend did not answer; nothing was purged",
+                               headers={"Retry-After": "5"})
+    resp.media = {"purged": "all" if token is None else "token"}
+
+
 class Health:
     def __init__(self, settings: Any) -> None:
         self.body = {"status": "healthy", "plugin": settings.plugin_id, "version": settings.version}
@@ -169,8 +177,7 @@ class Purge:
             token = core.parse_purge(core.parse_body(raw), self.token_max_length)
         except core.BadRequest as error:
             raise _bad_request(error) from None
-        self.driver.purge(token)
-        resp.media = {"purged": "all" if token is None else "token"}
+        _purged(resp, token, self.driver.purge(token))
 
 
 class AsyncPurge(Purge):
@@ -180,8 +187,7 @@ class AsyncPurge(Purge):
             token = core.parse_purge(core.parse_body(raw), self.token_max_length)
         except core.BadRequest as error:
             raise _bad_request(error) from None
-        await self.driver.purge(token)
-        resp.media = {"purged": "all" if token is None else "token"}
+        _purged(resp, token, await self.driver.purge(token))
 
 
 class RequireApiKey:

@@ -90,6 +90,17 @@ def test_purge_one_token_and_all(make_client, standin, backend):
     assert ask_keyed("good-b")["metadata"]["cache"] == "miss"
 
 
+def test_purge_says_so_when_memcached_cannot_be_told(make_client, standin, memcached):
+    client = make_client(load_settings(standin.environ(PLUGIN_API_KEY=API_KEY, CACHE_BACKEND="memcached",
+                                                      MEMCACHED_SERVERS=memcached.server)))
+    headers = {"X-API-Key": API_KEY}
+    memcached.kill()
+    for body in ({"token": "good-p"}, {"all": True}):
+        result = client.simulate_post("/plugin/cache/purge", json=body, headers=headers)
+        assert result.status_code == 503 and result.json["error"] == "cache_unavailable"
+        assert result.headers["Retry-After"] == "5"
+
+
 def test_null_backend_caches_nothing(make_client, standin):
     client = make_client(load_settings(standin.environ(CACHE_BACKEND="null")))
     assert [ask(client, "good-n")["metadata"]["cache"] for _ in range(2)] == ["miss", "miss"]

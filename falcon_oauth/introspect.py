@@ -196,11 +196,15 @@ class _Driver:
         if not log.isEnabledFor(logging.INFO):
             return
         now = time.perf_counter()
-        log.info("authentication %s", outcome, extra={"decision": {
+        # made and handled directly: ``log.info`` would also look up the caller's frame, which no line shows
+        record = logging.getLogRecordFactory()(log.name, logging.INFO, __file__, 0, "authentication %s",
+                                               (outcome,), None)
+        record.decision = {
             "request_id": rid, "dialect": request.dialect.value, "outcome": outcome,
             "reason": reason, "user_id": user_id or None, "cache": cache, "detail": detail,
             "latency_ms": round((now - started) * 1000, 2),
-            "upstream_ms": None if upstream is None else round((now - upstream) * 1000, 2)}})
+            "upstream_ms": None if upstream is None else round((now - upstream) * 1000, 2)}
+        log.handle(record)
 
     def _retry(self, outcome: tuple[int, bytes, str | None] | Undecided, attempt: int,
                deadline: float) -> float | None:

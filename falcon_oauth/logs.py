@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import queue
 import re
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterable
 
@@ -36,6 +40,10 @@ MASK = "[redacted]"
 _STANDARD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+# The fields of a decision line that may carry text from outside (the rest are fixed vocabularies and numbers)
+DECISION_FREE_TEXT = ("request_id", "user_id", "detail")
+
+
 class Redact(logging.Filter):
     """Masks bearer/basic credentials, token parameters and the configured secrets in every record."""
 
@@ -51,10 +59,10 @@ class Redact(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         decision = record.__dict__.get("decision")
-        if decision is not None:  # a decision line: its fields are all in this mapping, its message is fixed
-            for key, value in decision.items():
-                if isinstance(value, str):
-                    decision[key] = self._clean(value)
+        if decision is not None:  # a decision line: its message is fixed, and so are the other fields' words
+            for key in DECISION_FREE_TEXT:
+                if decision.get(key):
+                    decision[key] = self._clean(decision[key])
             return True
         record.msg = self._clean(record.getMessage() if record.args else str(record.msg))
         record.args = None
@@ -79,6 +87,18 @@ class JsonFormatter(OrjsonFormatter):
                                             "process": "pid"})
         super().__init__(*args, **kwargs)
 
+    _second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        """``logging.Formatter.formatTime``, with the text of the current second made once."""
+        if datefmt or self.datefmt:
+            return super().formatTime(record, datefmt)
+        second = self._second
+        if second[0] != int(record.created):  # one tuple, swapped whole: threads see a matching pair
+            second = (int(record.created), time.strftime(self.default_time_format, self.converter(record.created)))
+            self._second = second
+        return self.default_msec_format % (second[1], record.msecs)
+
     def format(self, record: logging.LogRecord) -> str:
         decision = record.__dict__.get("decision")
         if decision is None:
@@ -87,9 +107,123 @@ class JsonFormatter(OrjsonFormatter):
                              "pid": record.process, "message": record.getMessage(), **decision}).decode()
 
 
+class LineWriter(logging.Handler):
+    """A stream handler whose writing is done by a thread of its own. The caller formats (and the filters
+    redact) as usual, then only queues the line; the writer takes whatever lines have queued up and writes
+    them with as few writes as it can, each at most ``PIPE_BUF`` bytes and whole lines, so that the lines
+    of several processes sharing one pipe never interleave.
+
+    Why: under gunicorn's threads a synchronous write per line costs far more than the line itself, since
+    every thread that logs queues on the handler's lock and hands the GIL around during the write. And a
+    stdout that nobody reads no longer stalls requests: past ``max_pending`` queued lines, lines are dropped
+    and counted, and a warning says how many once writing resumes.
+
+    The writer starts on first use in each process (gunicorn configures logging before it forks); at exit
+    ``logging.shutdown`` flushes what is queued.
+    """
+
+    CHUNK = 4096  # PIPE_BUF on Linux: a write this size to a pipe is never split or interleaved
+    INTERVAL = 0.05  # seconds between two writes at most; a thread woken for every line costs the requests more
+
+    def __init__(self, stream: object = None, max_pending: int = 10_000) -> None:
+        super().__init__()
+        self.stream = sys.stdout if stream is None else stream
+        self.max_pending = max_pending
+        self.dropped = 0
+        self._start = threading.Lock()
+        self._pid: int | None = None
+        self._lines: queue.SimpleQueue[str | threading.Event | None] = queue.SimpleQueue()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """``Handler.handle`` without the handler's lock: formatting is thread-safe and so is the queue."""
+        passed = self.filter(record)
+        if passed:
+            self.emit(record)
+        return bool(passed)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        if self._pid != os.getpid():
+            self._start_writer()
+        if self._lines.qsize() >= self.max_pending:
+            self.dropped += 1
+            return
+        self._lines.put(line)
+
+    def _start_writer(self) -> None:
+        with self._start:
+            if self._pid == os.getpid():
+                return
+            self._lines = queue.SimpleQueue()  # a parent's pending lines are the parent's to write
+            self._pid = os.getpid()
+            threading.Thread(target=self._write_forever, args=(self._lines,), name="falcon-oauth-log-writer",
+                             daemon=True).start()
+
+    def _write_forever(self, lines: queue.SimpleQueue[str | threading.Event | None]) -> None:
+        while True:
+            batch = [lines.get()]
+            while True:
+                try:
+                    batch.append(lines.get_nowait())
+                except queue.Empty:
+                    break
+            text = [item for item in batch if isinstance(item, str)]
+            if self.dropped:
+                dropped, self.dropped = self.dropped, 0
+                text.append(self.format(logging.LogRecord(
+                    "falcon_oauth.logs", logging.WARNING, __file__, 0,
+                    "%d log lines dropped: stdout was not read fast enough", (dropped,), None)))
+            self._write(text)
+            for item in batch:
+                if isinstance(item, threading.Event):
+                    item.set()
+                elif item is None:
+                    return
+            time.sleep(self.INTERVAL)  # lines gather meanwhile: one wake-up per batch, not one per line
+
+    def _write(self, lines: list[str]) -> None:
+        chunk: list[str] = []
+        size = 0
+        for line in lines:
+            length = (len(line) if line.isascii() else len(line.encode())) + 1
+            if chunk and size + length > self.CHUNK:
+                self._write_chunk(chunk)
+                chunk, size = [], 0
+            chunk.append(line)
+            size += length
+        if chunk:
+            self._write_chunk(chunk)
+
+    def _write_chunk(self, lines: list[str]) -> None:
+        try:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+        except Exception:  # a closed or broken stdout must not kill the writer
+            pass
+
+    def flush(self) -> None:
+        """Returns once every line queued so far is written (or after 5 s)."""
+        if self._pid != os.getpid():
+            return
+        written = threading.Event()
+        self._lines.put(written)
+        written.wait(5)
+
+    def close(self) -> None:
+        self.flush()
+        if self._pid == os.getpid():
+            self._lines.put(None)
+            self._pid = None
+        super().close()
+
+
 def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
     """One JSON object per line on stdout for this package, uvicorn and gunicorn."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = LineWriter()
     handler.setFormatter(JsonFormatter())
     handler.addFilter(Redact(secrets))
     root = logging.getLogger()

@@ -1,0 +1,124 @@
+"""The log writer: lines arrive whole and in order from any number of threads and processes, and a stdout
+that nobody reads never holds up a request (lines beyond the backlog are dropped and the drop is reported)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from falcon_oauth.logs import JsonFormatter, LineWriter
+from tests.conftest import ROOT, contract, free_port, stop, wait_for_port
+
+
+def writer_logger(name: str, stream: object, **options: object) -> tuple[logging.Logger, LineWriter]:
+    handler = LineWriter(stream, **options)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(f"falcon_oauth.test.{name}")
+    logger.handlers = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger, handler
+
+
+def test_lines_from_many_threads_arrive_whole_and_in_order(tmp_path):
+    path = tmp_path / "out.log"
+    with path.open("w") as stream:
+        logger, handler = writer_logger("threads", stream)
+
+        def work(n: int) -> None:
+            for i in range(500):
+                logger.info("line", extra={"thread_no": n, "seq": i, "pad": "é" * (i % 50)})
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        handler.flush()  # returns once all of it is written
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        handler.close()
+    assert len(records) == 8 * 500
+    for n in range(8):
+        assert [r["seq"] for r in records if r["thread_no"] == n] == list(range(500))
+
+
+def test_a_stdout_nobody_reads_never_blocks_the_logging_thread_and_drops_are_reported():
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "w")
+    logger, handler = writer_logger("unread", stream, max_pending=100)
+    done = threading.Event()
+
+    def log_a_lot() -> None:
+        for i in range(5000):  # ~700 KB of lines against a 64 KB pipe
+            logger.info("line %d %s", i, "x" * 100)
+        done.set()
+
+    threading.Thread(target=log_a_lot, daemon=True).start()
+    assert done.wait(20), "logging blocked on a full pipe"
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(read_end, 65536), b"")))
+    reader.start()
+    handler.close()
+    stream.close()
+    reader.join(10)
+    lines = b"".join(chunks).decode().splitlines()
+    records = [json.loads(line) for line in lines]  # every line whole
+    warnings = [r for r in records if "log lines dropped" in r["message"]]
+    assert warnings and all(r["level"] == "WARNING" for r in warnings)
+    written = [r for r in records if r["message"].startswith("line ")]
+    assert len(written) + sum(int(r["message"].split()[0]) for r in warnings) == 5000  # each line: written or counted
+    assert len(written) < 5000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_child_writes_its_own_lines_and_never_the_parents_again(tmp_path):
+    path = tmp_path / "out.log"
+    with path.open("a") as stream:
+        logger, handler = writer_logger("fork", stream)
+        logger.info("first")
+        time.sleep(0.01)  # the writer has written "first" and rests: the next line waits in the queue
+        logger.info("pending-at-fork")
+        pid = os.fork()
+        if pid == 0:
+            logger.info("child")
+            handler.flush()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        handler.close()
+    messages = [json.loads(line)["message"] for line in path.read_text().splitlines()]
+    assert sorted(messages) == ["child", "first", "pending-at-fork"]
+
+
+SERVERS = {  # as the README runs them, with their logging configs
+    "uvicorn": [sys.executable, "-m", "uvicorn", "asgi:app", "--host", "127.0.0.1", "--port", "{port}",
+                "--log-config", "config/logging.json"],
+    "gunicorn": [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", "wsgi:app",
+                 "-b", "127.0.0.1:{port}", "--workers", "1"],
+}
+
+
+@pytest.mark.parametrize("server", list(SERVERS))
+def test_a_server_whose_stdout_nobody_reads_keeps_answering(authserver, server, tmp_path):
+    port = free_port()
+    env = {**os.environ, **authserver.environ(LOG_LEVEL="INFO", PROMETHEUS_MULTIPROC_DIR=str(tmp_path))}
+    process = subprocess.Popen([part.format(port=port) for part in SERVERS[server]], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # never read
+    try:
+        wait_for_port(port, process)
+        token = authserver.token()
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            for _ in range(2000):  # a decision line each, several times what the pipe holds
+                answer = client.post("/plugin/authenticate", json=contract("sdk_request_valid.json", token))
+                assert answer.json()["result"]["authenticated"] is True
+    finally:
+        stop(process)
+        process.stdout.close()
+

@@ -157,7 +157,7 @@ class VerdictCache:
             region_config(settings), "cache.")
 
     def _hmac(self, message: str) -> str:
-        return hmac.new(self._secret, f"{self._scope}\0{message}".encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self._secret, f"{self._scope}\0{message}".encode(), "sha256").hex()
 
     def key(self, token: str) -> str:
         """The cache key of a token: no token can be recovered from it."""

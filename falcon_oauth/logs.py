@@ -52,9 +52,12 @@ class Redact(logging.Filter):
         self.secrets = tuple(s for s in secrets if s)
 
     def _clean(self, text: str) -> str:
-        text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
+        # _BEARER needs whitespace, "=" or ":"; a printable text with no space has no other whitespace
+        if not text.isprintable() or " " in text or "=" in text or ":" in text:
+            text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
         for secret in self.secrets:
-            text = text.replace(secret, MASK)
+            if secret in text:
+                text = text.replace(secret, MASK)
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -74,6 +77,33 @@ class Redact(logging.Filter):
             record.exc_text = self._clean(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
         return True
+
+
+_TEMPLATE = logging.LogRecord("falcon_oauth", logging.INFO, __file__, 0, "authentication %s", None, None,
+                              func="decision")
+_PER_RECORD = {"created", "msecs", "relativeCreated", "thread", "threadName", "process", "taskName", "args"}
+_START_NS = round((_TEMPLATE.created - _TEMPLATE.relativeCreated / 1000) * 1e9)  # when logging was loaded
+
+
+class DecisionRecord(logging.LogRecord):
+    """The record of the line logged for every decision. ``LogRecord.__init__`` works out on every call what
+    never changes for this line (logger, level, source file and module, process name); here those are
+    copied from one record made at import, and each record sets only its time, thread, process and fields.
+    Every LogRecord attribute is there, so any handler or formatter takes it."""
+
+    _fixed = {key: value for key, value in vars(_TEMPLATE).items() if key not in _PER_RECORD}
+
+    def __init__(self, outcome: str, decision: dict[str, object]) -> None:  # noqa: the base init is the cost
+        self.__dict__.update(self._fixed)
+        now = time.time_ns()
+        self.created = now / 1e9
+        self.msecs = (now % 1_000_000_000) // 1_000_000 + 0.0
+        self.relativeCreated = (now - _START_NS) / 1e6
+        self.thread = threading.get_ident()
+        self.threadName = threading.current_thread().name
+        self.process = os.getpid()
+        self.args = (outcome,)
+        self.decision = decision
 
 
 class JsonFormatter(OrjsonFormatter):

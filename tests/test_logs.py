@@ -13,6 +13,8 @@ import time
 
 import httpx
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from falcon_oauth.logs import JsonFormatter, LineWriter
 from tests.conftest import ROOT, contract, free_port, stop, wait_for_port
@@ -122,3 +124,39 @@ def test_a_server_whose_stdout_nobody_reads_keeps_answering(authserver, server, 
         stop(process)
         process.stdout.close()
 
+
+
+FRAGMENTS = st.sampled_from(["bearer", "Basic", "token=", "access_token=", "X-Api-Key:", " ", "\t", "\n",
+                             "\u00a0", "\u2028", "\x85", "\x1c", "abc", "s3cr3t", "=", ":", "-", "é"])
+
+
+@given(st.lists(FRAGMENTS | st.text(max_size=5), max_size=12).map("".join))
+@example("X-Api-Key:abc")
+@example("bearer\u00a0abc")
+@example("Basic\x85abc")
+@settings(max_examples=500)
+def test_redaction_masks_exactly_what_the_full_pattern_masks(text):
+    """The filter skips the pattern for text that cannot match it; what it masks must not change."""
+    from falcon_oauth.logs import _BEARER, MASK, Redact
+
+    expected = _BEARER.sub(lambda m: m.group(1) + MASK, text).replace("s3cr3t", MASK)
+    assert Redact(["s3cr3t"])._clean(text) == expected
+
+
+def test_the_decision_record_works_with_any_formatter():
+    """Operators' own formats (config/logging.json) name any LogRecord attribute: each must be there."""
+    from falcon_oauth.logs import DecisionRecord
+
+    fields = ("name", "levelno", "levelname", "pathname", "filename", "module", "lineno", "funcName", "created",
+              "msecs", "relativeCreated", "thread", "threadName", "process", "processName", "message")
+    formatter = logging.Formatter(" ".join(f"%({field})s" for field in fields) + " %(asctime)s")
+    reference = logging.LogRecord("falcon_oauth", logging.INFO, "x.py", 1, "authentication %s", ("rejected",),
+                                  None)
+    record = DecisionRecord("rejected", {"outcome": "rejected"})
+    line = formatter.format(record).split()
+    assert line[:3] == ["falcon_oauth", "20", "INFO"]
+    assert line[15:17] == ["authentication", "rejected"]
+    assert int(line[13]) == os.getpid() and line[12] == threading.current_thread().name
+    assert abs(record.created - time.time()) < 5
+    assert abs(record.relativeCreated - reference.relativeCreated) < 5000
+    assert set(vars(reference)) - set(vars(record)) <= {"taskName"}

@@ -166,8 +166,10 @@ class VerdictCache:
     def _refresh_generation(self) -> None:
         """memcached: re-read the generation that ``clear()`` bumps, at most once a second (so a purge of
         every entry reaches the other instances within a second). Network I/O: only from ``get``."""
+        if not self.blocking:
+            return
         now = time.monotonic()
-        if self.blocking and now - self._generation_read >= GENERATION_REFRESH:
+        if now - self._generation_read >= GENERATION_REFRESH:
             self._generation_read = now
             try:
                 self._generation = int(self.region.backend.client.get(self._generation_key) or 0)
@@ -187,6 +189,13 @@ class VerdictCache:
         return cache_ttl(record, self._clock(), self._ttl, self._negative_ttl)
 
     def get(self, token: str) -> Introspected | None:
+        if not self.blocking:  # memory: the record itself, as this process stored it, read straight from the
+            # backend: the region's expiry and invalidation, its extra work per read, are not used here
+            value = self.region.backend.get(self.key(token))
+            if value is NO_VALUE:
+                return None
+            record, expires_at = value.payload
+            return record if expires_at > self._clock() else None
         self._refresh_generation()
         try:
             value = self.region.get(token)
@@ -195,11 +204,8 @@ class VerdictCache:
             return None
         if value is NO_VALUE:
             return None
-        try:
-            if self.blocking:  # JSON from memcached: checked, since anything may have written it
-                record, expires_at = Introspected.from_json(value["record"]), value["expires_at"]
-            else:  # memory: the record itself, as this process stored it
-                record, expires_at = value
+        try:  # JSON from memcached: checked, since anything may have written it
+            record, expires_at = Introspected.from_json(value["record"]), value["expires_at"]
             return record if expires_at > self._clock() else None
         except (TypeError, KeyError, ValueError):
             return None

@@ -31,7 +31,7 @@ from falcon_oauth import core
 from falcon_oauth import metrics as obs
 from falcon_oauth.cache import VerdictCache
 from falcon_oauth.core import Answer, HttpRequest, Introspected, PluginRequest, Undecided
-from falcon_oauth.logs import request_id
+from falcon_oauth.logs import DecisionRecord, request_id
 from falcon_oauth.settings import Settings, ssl_context
 
 # Failures where the request never reached the server (or the server dropped a kept-alive connection):
@@ -188,7 +188,7 @@ class _Driver:
     def _report(self, request: PluginRequest, rid: str, outcome: str, reason: str | None, user_id: str | None,
                 cache: str | None, started: float, upstream: float | None, detail: str | None = None) -> None:
         """One log line and the metrics of one decision."""
-        obs.child(obs.AUTH_REQUESTS, request.dialect.value, outcome).inc()
+        obs.child(obs.AUTH_REQUESTS, request.dialect, outcome).inc()
         if outcome == "rejected":
             obs.child(obs.REJECTIONS, reason).inc()
         if cache:
@@ -196,15 +196,12 @@ class _Driver:
         if not log.isEnabledFor(logging.INFO):
             return
         now = time.perf_counter()
-        # made and handled directly: ``log.info`` would also look up the caller's frame, which no line shows
-        record = logging.getLogRecordFactory()(log.name, logging.INFO, __file__, 0, "authentication %s",
-                                               (outcome,), None)
-        record.decision = {
-            "request_id": rid, "dialect": request.dialect.value, "outcome": outcome,
+        # handled directly: ``log.info`` would also walk the caller's frames and build a generic record
+        log.handle(DecisionRecord(outcome, {
+            "request_id": rid, "dialect": request.dialect, "outcome": outcome,
             "reason": reason, "user_id": user_id or None, "cache": cache, "detail": detail,
             "latency_ms": round((now - started) * 1000, 2),
-            "upstream_ms": None if upstream is None else round((now - upstream) * 1000, 2)}
-        log.handle(record)
+            "upstream_ms": None if upstream is None else round((now - upstream) * 1000, 2)}))
 
     def _retry(self, outcome: tuple[int, bytes, str | None] | Undecided, attempt: int,
                deadline: float) -> float | None:
@@ -499,7 +496,7 @@ class AsyncAuthenticator(_Driver):
         return await self._io(self.cache.clear) if token is None else await self._io(self.cache.delete, token)
 
     async def _lookup(self, token: str) -> tuple[Introspected, str]:
-        record = await self._io(self.cache.get, token)
+        record = await asyncio.to_thread(self.cache.get, token) if self.cache.blocking else self.cache.get(token)
         if record is not None:
             return record, HIT
         return await self._flights.run(self.cache.key(token), lambda: self._fill(token))

@@ -166,8 +166,6 @@ class VerdictCache:
     def _refresh_generation(self) -> None:
         """memcached: re-read the generation that ``clear()`` bumps, at most once a second (so a purge of
         every entry reaches the other instances within a second). Network I/O: only from ``get``."""
-        if not self.blocking:
-            return
         now = time.monotonic()
         if now - self._generation_read >= GENERATION_REFRESH:
             self._generation_read = now

@@ -496,7 +496,7 @@ class AsyncAuthenticator(_Driver):
         return await self._io(self.cache.clear) if token is None else await self._io(self.cache.delete, token)
 
     async def _lookup(self, token: str) -> tuple[Introspected, str]:
-        record = await asyncio.to_thread(self.cache.get, token) if self.cache.blocking else self.cache.get(token)
+        record = await self._io(self.cache.get, token)
         if record is not None:
             return record, HIT
         return await self._flights.run(self.cache.key(token), lambda: self._fill(token))

@@ -4,7 +4,9 @@ Starts a stand-in authorization server (aiohttp, configurable latency), the plug
 (``uvicorn asgi:app``, one worker; ``gunicorn wsgi:app``, one worker, 16 threads) and the floor (a Falcon app
 that parses the plugin request and answers a constant) under the same server and flags. Servers run on
 core 0, the load generator (wrk) and the stand-in on core 1. A and B are alternated and medians reported,
-so the ratios of one run are what counts, not absolute numbers across runs.
+so the ratios of one run are what counts, not absolute numbers across runs. Each ratio is the median of
+the ratios of one round (A and B measured back to back): this shared machine's speed drifts by a third
+within minutes, which a ratio of two medians taken minutes apart would carry.
 
 Prints a Markdown table and writes it, with the date and the core count, to bench/RESULTS.md.
 """
@@ -104,6 +106,11 @@ def median_run(runs: list[dict]) -> dict:
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
+def paired_ratio(runs: list[dict], bases: list[dict]) -> float:
+    """The median over rounds of requests/s divided by the same round's base."""
+    return statistics.median(r["rps"] / b["rps"] for r, b in zip(runs, bases, strict=True))
+
+
 def spray_tokens(plugin: str, standin: str, count: int, prefix: str, seconds: int) -> int:
     """Distinct tokens sent to ``plugin`` until the stand-in has seen ``count`` more (at most 20 wrk runs)."""
     start = httpx.get(f"{standin}/stats").json()["tokens"]
@@ -124,8 +131,8 @@ async def herd(url: str, token: str, n: int) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per comparison")
+    parser.add_argument("--seconds", type=int, default=3, help="length of each wrk run")
+    parser.add_argument("--rounds", type=int, default=9, help="alternating rounds per comparison")
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s: check that it runs")
     args = parser.parse_args()
     if args.quick:
@@ -163,13 +170,11 @@ def main() -> None:
                     for name, p in order if r % 2 == 0 else order[::-1]:
                         wrk(p.url + "/plugin/authenticate", "cached.lua", 32, 1)  # warm
                         runs[name].append(wrk(p.url + "/plugin/authenticate", "cached.lua", 32, args.seconds))
-                floor_cached = median_run(runs["floor"])
-                rows.append((mode, "floor (parse + constant), 32 conns", floor_cached, ""))
+                rows.append((mode, "floor (parse + constant), 32 conns", median_run(runs["floor"]), ""))
                 for name, label in (("plugin", "cached token, LOG_LEVEL=INFO (a log line per decision)"),
                                     ("quiet", "cached token, LOG_LEVEL=WARNING")):
-                    result = median_run(runs[name])
-                    ratio = f"{result['rps'] / floor_cached['rps']:.2f} × floor"
-                    rows.append((mode, f"{label}, 32 conns", result, ratio))
+                    ratio = f"{paired_ratio(runs[name], runs['floor']):.2f} × floor"
+                    rows.append((mode, f"{label}, 32 conns", median_run(runs[name]), ratio))
                 # unique tokens, authorization server at 0 ms
                 unique0 = median_run([wrk(plugin.url + "/plugin/authenticate", "unique.lua", 32, args.seconds,
                                           {"TOKEN_PREFIX": f"{mode}0r{r}"}) for r in range(args.rounds)])
@@ -182,10 +187,9 @@ def main() -> None:
                             (unique50, slow_plugin.url + "/plugin/authenticate", "unique.lua")]
                     for runs_of, url, script in pair if r % 2 == 0 else pair[::-1]:
                         runs_of.append(wrk(url, script, 32, args.seconds, {"TOKEN_PREFIX": f"{mode}50r{r}"}))
-                direct, unique50 = median_run(direct), median_run(unique50)
-                rows.append((mode, "stand-in at 50 ms served directly, 32 conns", direct, ""))
-                rows.append((mode, "unique tokens, server at 50 ms, 32 conns", unique50,
-                             f"{unique50['rps'] / direct['rps']:.2f} × direct"))
+                rows.append((mode, "stand-in at 50 ms served directly, 32 conns", median_run(direct), ""))
+                rows.append((mode, "unique tokens, server at 50 ms, 32 conns", median_run(unique50),
+                             f"{paired_ratio(unique50, direct):.2f} × direct"))
                 # herd: 200 concurrent requests for one new token
                 httpx.post(f"{standins[50].url}/reset")
                 statuses = asyncio.run(herd(slow_plugin.url, f"herd-{mode}-{time.time()}", 200))
@@ -194,10 +198,11 @@ def main() -> None:
                              f"call(s), {statuses.count(200)}/200 answered 200")
                 # memory: a spray of unique tokens against CACHE_MAX_ENTRIES=5000
                 # past CACHE_MAX_ENTRIES first, so that the cache is full; then tens of thousands more
-                spray_tokens(spray.url, standins[0].url, 100 if args.quick else 6000, f"s{mode}a", args.seconds)
+                spray_seconds = args.seconds if args.quick else 10
+                spray_tokens(spray.url, standins[0].url, 100 if args.quick else 6000, f"s{mode}a", spray_seconds)
                 full = spray.rss_mb()
                 sprayed = spray_tokens(spray.url, standins[0].url, 100 if args.quick else 30000, f"s{mode}b",
-                                       args.seconds)
+                                       spray_seconds)
                 notes.append(f"{mode}: RSS idle {idle:.1f} MB, after the cached and unique runs {loaded:.1f} MB; "
                              f"CACHE_MAX_ENTRIES=5000: {full:.1f} MB once full, {spray.rss_mb():.1f} MB after "
                              f"{sprayed} more distinct tokens")
@@ -216,7 +221,8 @@ def main() -> None:
     report = "\n".join([
         f"# Benchmark results ({datetime.date.today().isoformat()}, {os.cpu_count()} cores, "
         f"{args.rounds} rounds of {args.seconds} s, medians)", "",
-        "Servers on core 0; wrk and the stand-in authorization server on core 1. `python bench/run.py`.", "",
+        "Servers on core 0; wrk and the stand-in authorization server on core 1. `python bench/run.py`.",
+        "Requests/s and latencies are medians over rounds; a ratio is the median of each round's ratio.", "",
         *table, "", *[f"- {n}" for n in notes], ""])
     print(report)
     if not args.quick:

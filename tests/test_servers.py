@@ -25,8 +25,8 @@ COMMANDS = {
 
 
 def start(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    """The server process, listening; ``process.output()`` is what it printed so far. Its output goes to a
-    file, not a pipe: a pipe nobody drains fills up and then blocks the server's logging (and its loop)."""
+    """The server process, listening; ``process.output()`` is what it printed so far (its output goes to a
+    file, which can be read at any time, also after the process ended)."""
     port = free_port()
     env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port)}
     argv = [part.format(port=port) for part in command]

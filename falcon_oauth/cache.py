@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import math
 import threading
@@ -33,7 +32,7 @@ from falcon_oauth.settings import Settings
 
 log = logging.getLogger("falcon_oauth.cache")
 
-KEY_FORMAT = "fo1"
+KEY_FORMAT = "fo2"  # fo2: keyed BLAKE2b-256 (fo1 was HMAC-SHA256)
 ERROR_LOG_INTERVAL = 60.0
 GENERATION_REFRESH = 1.0
 
@@ -145,9 +144,11 @@ class VerdictCache:
         self._socket_timeout = settings.memcached_timeout
         secret = settings.cache_key_secret or (
             f"{settings.oauth_client_id}\0{settings.oauth_client_secret}")
-        self._secret = hashlib.sha256(f"{KEY_FORMAT}\0{secret}".encode()).digest()
-        self._scope = settings.introspection_url
-        self._generation_key = f"{KEY_FORMAT}:gen:" + self._hmac("generation")
+        # keyed BLAKE2b (RFC 7693), a MAC by design: a fifth of HMAC-SHA256's cost here, where OpenSSL's
+        # per-call set-up dominates; the keyed state is made once and copied for each key
+        self._mac = hashlib.blake2b(f"{settings.introspection_url}\0".encode(), digest_size=32,
+                                    key=hashlib.sha256(f"{KEY_FORMAT}\0{secret}".encode()).digest())
+        self._generation_key = f"{KEY_FORMAT}:gen:" + self._digest("generation")
         self._generation = 0
         self._generation_read = -math.inf
         self._last_error_log = -math.inf
@@ -156,12 +157,14 @@ class VerdictCache:
         self.region = make_region(key_mangler=self.key, **serializing).configure_from_config(
             region_config(settings), "cache.")
 
-    def _hmac(self, message: str) -> str:
-        return hmac.digest(self._secret, f"{self._scope}\0{message}".encode(), "sha256").hex()
+    def _digest(self, message: str) -> str:
+        mac = self._mac.copy()
+        mac.update(message.encode())
+        return mac.hexdigest()
 
     def key(self, token: str) -> str:
         """The cache key of a token: no token can be recovered from it."""
-        return f"{KEY_FORMAT}:" + self._hmac(f"{self._generation}\0{token}")
+        return f"{KEY_FORMAT}:" + self._digest(f"{self._generation}\0{token}")
 
     def _refresh_generation(self) -> None:
         """memcached: re-read the generation that ``clear()`` bumps, at most once a second (so a purge of

@@ -14,11 +14,13 @@ This module imports neither falcon, httpx nor dogpile; its tests need no server.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, quote_plus, urlsplit
 
 import orjson
@@ -46,6 +48,7 @@ AUTH_SERVER_BAD_RESPONSE = "auth_server_bad_response"
 PROTECTED_CLAIMS = frozenset({"sub", "scope", "client_id", "exp", "iat", "nbf", "aud", "iss", "token_type"})
 
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_EMPTY: Mapping[str, Any] = MappingProxyType({})  # the default of the mappings below, shared and read-only
 
 
 class Dialect(StrEnum):
@@ -74,8 +77,9 @@ class Undecided(Exception):
         self.retryable = retryable  # the request never reached the server: trying again is safe
 
 
-@dataclass(frozen=True)
-class PluginRequest:
+# PluginRequest, Verdict and Answer are made on every request: named tuples, immutable like a frozen
+# dataclass at a third of its construction cost.
+class PluginRequest(NamedTuple):
     dialect: Dialect
     token: str | None
     problem: str | None = None  # MISSING_TOKEN or INVALID_TOKEN when there is no usable token
@@ -114,15 +118,15 @@ class Introspected:
         return cls(value["active"], value["claims"], value["reason"])
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     authenticated: bool
     reason: str | None = None
     user_id: str = ""
-    claims: Mapping[str, Any] = field(default_factory=dict)
-    detail: Mapping[str, Any] = field(default_factory=dict)  # e.g. the missing scopes of a rejection
+    claims: Mapping[str, Any] = _EMPTY
+    detail: Mapping[str, Any] = _EMPTY  # e.g. the missing scopes of a rejection
 
 
+@functools.cache
 def _glob(pattern: str) -> re.Pattern[str]:
     """``*`` matches within one path segment, ``**`` across segments, ``?`` one character."""
     parts = re.split(r"(\*\*|\*|\?)", pattern)
@@ -155,6 +159,9 @@ class Policy:
     issuers: tuple[str, ...] = ()
     token_types: tuple[str, ...] = ("bearer", "access_token")
 
+    def __post_init__(self) -> None:  # compared without case
+        object.__setattr__(self, "token_types", tuple(t.lower() for t in self.token_types))
+
 
 def _has_scope(held: set[str], required: str) -> bool:
     """``orders:*`` is satisfied by any held ``orders:...`` scope; anything else by itself."""
@@ -167,7 +174,7 @@ def check_policy(claims: Mapping[str, Any], policy: Policy, method: str | None,
                  path: str | None) -> tuple[str, dict[str, Any]] | None:
     """The reason (and detail) a token fails local policy, or None when it passes."""
     token_type = claims.get("token_type")
-    if isinstance(token_type, str) and token_type.lower() not in {t.lower() for t in policy.token_types}:
+    if isinstance(token_type, str) and token_type.lower() not in policy.token_types:
         return INVALID_TOKEN_TYPE, {}
     token_use = claims.get("token_use")  # Ory Hydra names refresh tokens this way
     if token_use is not None and token_use != "access_token":
@@ -179,10 +186,11 @@ def check_policy(claims: Mapping[str, Any], policy: Policy, method: str | None,
         audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
         if not set(audiences) & set(policy.audiences):
             return INVALID_AUDIENCE, {}
-    required = list(policy.required_scopes)
-    route = next((r for r in policy.routes if r.matches(method, path)), None)
-    if route is not None:
-        required += [s for s in route.scopes if s not in required]
+    required = policy.required_scopes
+    for route in policy.routes:  # the first route that matches
+        if route.matches(method, path):
+            required += tuple(s for s in route.scopes if s not in required)
+            break
     if required:
         scope = claims.get("scope")
         held = set(scope.split()) if isinstance(scope, str) else set()
@@ -192,11 +200,10 @@ def check_policy(claims: Mapping[str, Any], policy: Policy, method: str | None,
     return None
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     status: int
     body: dict[str, Any]
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = _EMPTY
 
 
 # -- the plugin request ---------------------------------------------------------------------------------
@@ -245,7 +252,9 @@ def parse_plugin_request(body: Any, token_max_length: int) -> PluginRequest:
 
 def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     value = obj.get(key)
-    if value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is int)):
+    if value is None or value.__class__ is kind:  # the usual case, checked first
+        return value
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
         names = names.replace("dict", "object").replace("str", "string")
         raise BadRequest("invalid_request", f"`{where}{key}` must be {names} or null")
@@ -255,8 +264,9 @@ def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: st
 def _string_map(obj: dict[str, Any], key: str, where: str) -> dict[str, str]:
     """An object of strings (headers, query parameters), or BadRequest naming it."""
     value = _get(obj, key, dict, where) or {}
-    if not all(isinstance(v, str) for v in value.values()):
-        raise BadRequest("invalid_request", f"`{where}{key}` values must be strings")
+    for item in value.values():
+        if not isinstance(item, str):
+            raise BadRequest("invalid_request", f"`{where}{key}` values must be strings")
     return value
 
 
@@ -487,8 +497,10 @@ def decide(record: Introspected, now: float, clock_skew: float, policy: Policy =
     failed = check_policy(claims, policy, method, path)
     if failed is not None:
         return Verdict(False, failed[0], detail=failed[1])
-    user_id = next((claims[k] for k in ("sub", "username", "client_id") if isinstance(claims.get(k), str)), "")
-    return Verdict(True, None, user_id, claims)
+    for key in ("sub", "username", "client_id"):
+        if isinstance(user_id := claims.get(key), str):
+            return Verdict(True, None, user_id, claims)
+    return Verdict(True, None, "", claims)
 
 
 def cache_ttl(record: Introspected, now: float, ttl: float, negative_ttl: float) -> float:
@@ -519,7 +531,7 @@ def _identity(verdict: Verdict) -> dict[str, Any]:
 
 def render_verdict(dialect: Dialect, verdict: Verdict, metadata: Mapping[str, Any],
                    headers: Mapping[str, str] | None = None) -> Answer:
-    headers = headers or {}
+    headers = headers or _EMPTY
     if dialect is Dialect.SDK:
         claims = dict(verdict.claims) if verdict.authenticated else {"error": verdict.reason, **verdict.detail}
         return Answer(200, {"success": True, "result": {

@@ -34,10 +34,12 @@ def _is_json(content_type: str | None) -> bool:
 
 
 def _check_body(req: falcon.Request, limit: int) -> None:
-    if not _is_json(req.content_type):
+    content_type = req.content_type
+    if content_type != "application/json" and not _is_json(content_type):
         raise falcon.HTTPError(falcon.HTTP_415, title="unsupported_media_type",
                                description="send the body as Content-Type: application/json")
-    if req.content_length is not None and req.content_length > limit:
+    length = req.content_length
+    if length is not None and length > limit:
         raise _too_large(limit)
 
 

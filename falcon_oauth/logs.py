@@ -23,6 +23,19 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 _PROCESS_PREFIX = uuid.uuid4().hex[:16]
 _SEQUENCE = itertools.count(1)
+_PID = os.getpid()  # this process's id, kept here: os.getpid() is a system call per line
+
+
+def _forked() -> None:
+    """In a forked child (gunicorn's workers, when this module was loaded by the master's logging config):
+    its own id, and request ids of its own."""
+    global _PID, _PROCESS_PREFIX, _SEQUENCE
+    _PID = os.getpid()
+    _PROCESS_PREFIX = uuid.uuid4().hex[:16]
+    _SEQUENCE = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def request_id(*candidates: str | None) -> str:
@@ -94,14 +107,14 @@ class DecisionRecord(logging.LogRecord):
     _fixed = {key: value for key, value in vars(_TEMPLATE).items() if key not in _PER_RECORD}
 
     def __init__(self, outcome: str, decision: dict[str, object]) -> None:
-        self.__dict__.update(self._fixed)  # instead of LogRecord.__init__, which is the cost
+        self.__dict__ = self._fixed.copy()  # instead of LogRecord.__init__, which is the cost
         now = time.time_ns()
         self.created = now / 1e9
         self.msecs = (now % 1_000_000_000) // 1_000_000 + 0.0
         self.relativeCreated = (now - _START_NS) / 1e6
         self.thread = threading.get_ident()
         self.threadName = threading.current_thread().name
-        self.process = os.getpid()
+        self.process = _PID
         self.args = (outcome,)
         self.decision = decision
 
@@ -177,7 +190,7 @@ class LineWriter(logging.Handler):
         except Exception:
             self.handleError(record)
             return
-        if self._pid != os.getpid():
+        if self._pid != _PID:
             self._start_writer()
         if self._lines.qsize() >= self.max_pending:
             self.dropped += 1

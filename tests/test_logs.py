@@ -16,7 +16,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from falcon_oauth.logs import JsonFormatter, LineWriter
+from falcon_oauth.logs import DecisionRecord, JsonFormatter, LineWriter, request_id
 from tests.conftest import ROOT, contract, free_port, stop, wait_for_port
 
 
@@ -97,6 +97,26 @@ def test_a_forked_child_writes_its_own_lines_and_never_the_parents_again(tmp_pat
         handler.close()
     messages = [json.loads(line)["message"] for line in path.read_text().splitlines()]
     assert sorted(messages) == ["child", "first", "pending-at-fork"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_forked_workers_make_request_ids_of_their_own_and_log_their_own_pid():
+    """gunicorn's master loads this module (its logging config names it) before forking the workers: each
+    worker must still generate ids no other worker generates, and sign its lines with its own pid."""
+    parent_ids = [request_id(None) for _ in range(3)]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        record = DecisionRecord("authenticated", {})
+        os.write(write, json.dumps([request_id(None) for _ in range(3)] + [record.process]).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    *child_ids, child_pid = json.loads(os.read(read, 65536))
+    os.close(read)
+    os.close(write)
+    assert child_pid == pid != os.getpid()
+    assert not set(child_ids) & set(parent_ids + [request_id(None) for _ in range(3)])
+    assert len(set(child_ids)) == 3
 
 
 SERVERS = {  # as the README runs them, with their logging configs

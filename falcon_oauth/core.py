@@ -55,6 +55,8 @@ class Dialect(StrEnum):
     SDK = "sdk"
     HOST = "host"
 
+    __hash__ = str.__hash__  # Enum's hashes the name, in Python, on every dict lookup
+
 
 class BadRequest(Exception):
     """The plugin request itself is unusable: a 4xx, never a verdict and never a call out."""

@@ -94,7 +94,6 @@ class Redact(logging.Filter):
 
 _TEMPLATE = logging.LogRecord("falcon_oauth", logging.INFO, __file__, 0, "authentication %s", None, None,
                               func="decision")
-_PER_RECORD = {"created", "msecs", "relativeCreated", "thread", "threadName", "process", "taskName", "args"}
 _START_NS = round((_TEMPLATE.created - _TEMPLATE.relativeCreated / 1000) * 1e9)  # when logging was loaded
 
 
@@ -104,7 +103,8 @@ class DecisionRecord(logging.LogRecord):
     copied from one record made at import, and each record sets only its time, thread, process and fields.
     Every LogRecord attribute is there, so any handler or formatter takes it."""
 
-    _fixed = {key: value for key, value in vars(_TEMPLATE).items() if key not in _PER_RECORD}
+    # every key, the per-record ones too: setting those then never grows the copied dict
+    _fixed = {**vars(_TEMPLATE), "decision": None}
 
     def __init__(self, outcome: str, decision: dict[str, object]) -> None:
         self.__dict__ = self._fixed.copy()  # instead of LogRecord.__init__, which is the cost

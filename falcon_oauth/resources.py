@@ -10,6 +10,7 @@ import hmac
 from typing import Any
 
 import falcon
+import orjson
 
 from falcon_oauth import core
 from falcon_oauth.core import Answer
@@ -72,7 +73,8 @@ def _bad_request(error: core.BadRequest) -> falcon.HTTPError:
 
 def _write(resp: falcon.Response, answer: Answer) -> None:
     resp.status = answer.status
-    resp.media = answer.body
+    resp.data = orjson.dumps(answer.body)  # serialised here: Falcon's media path looks up a handler per answer
+    resp.content_type = falcon.MEDIA_JSON
     for name, value in answer.headers.items():
         resp.set_header(name, value)
 

@@ -77,8 +77,9 @@ class Redact(logging.Filter):
         decision = record.__dict__.get("decision")
         if decision is not None:  # a decision line: its message is fixed, and so are the other fields' words
             for key in DECISION_FREE_TEXT:
-                if decision.get(key):
-                    decision[key] = self._clean(decision[key])
+                text = decision.get(key)
+                if text:
+                    decision[key] = self._clean(text)
             return True
         record.msg = self._clean(record.getMessage() if record.args else str(record.msg))
         record.args = None
@@ -92,7 +93,7 @@ class Redact(logging.Filter):
         return True
 
 
-_TEMPLATE = logging.LogRecord("falcon_oauth", logging.INFO, __file__, 0, "authentication %s", None, None,
+_TEMPLATE = logging.LogRecord("falcon_oauth", logging.INFO, __file__, 0, "authentication", None, None,
                               func="decision")
 _START_NS = round((_TEMPLATE.created - _TEMPLATE.relativeCreated / 1000) * 1e9)  # when logging was loaded
 
@@ -115,7 +116,7 @@ class DecisionRecord(logging.LogRecord):
         self.thread = threading.get_ident()
         self.threadName = threading.current_thread().name
         self.process = _PID
-        self.args = (outcome,)
+        self.msg = f"authentication {outcome}"  # the message, made here: no args to merge in getMessage
         self.decision = decision
 
 
@@ -131,16 +132,24 @@ class JsonFormatter(OrjsonFormatter):
         super().__init__(*args, **kwargs)
 
     _second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+    _millisecond: tuple[int, str] = (-1, "")  # the same for the last millisecond
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        """``logging.Formatter.formatTime``, with the text of the current second made once."""
+        """``logging.Formatter.formatTime``, with the text of the current second and millisecond made once
+        (several lines a millisecond under load). Each cache is one tuple, swapped whole: threads always
+        see a matching pair."""
         if datefmt or self.datefmt:
             return super().formatTime(record, datefmt)
+        millisecond = self._millisecond
+        if millisecond[0] == (key := int(record.created) * 1000 + int(record.msecs)):
+            return millisecond[1]
         second = self._second
-        if second[0] != int(record.created):  # one tuple, swapped whole: threads see a matching pair
+        if second[0] != int(record.created):
             second = (int(record.created), time.strftime(self.default_time_format, self.converter(record.created)))
             self._second = second
-        return self.default_msec_format % (second[1], record.msecs)
+        millisecond = (key, self.default_msec_format % (second[1], record.msecs))
+        self._millisecond = millisecond
+        return millisecond[1]
 
     def format(self, record: logging.LogRecord) -> str:
         decision = record.__dict__.get("decision")

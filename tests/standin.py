@@ -22,12 +22,18 @@ class StandIn:
         self.delay = delay
         self.slow_seconds = 3.0
         self.calls: Counter[str] = Counter()
+        self.connections = 0  # TCP connections accepted
         self.answers: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         standin = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:  # once per connection; its requests follow in handle()
+                super().setup()
+                with standin._lock:
+                    standin.connections += 1
 
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)

@@ -3,6 +3,7 @@ overall deadline, and the plain-http warning. Real TLS on loopback with a throwa
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import json
@@ -13,6 +14,7 @@ import time
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
+import falcon.testing
 import httpx
 import pytest
 from cryptography import x509
@@ -188,3 +190,26 @@ def test_plain_http_to_a_remote_server_warns_at_start(caplog, asgi):
         create_app(load_settings({"AUTH_SERVER_URL": "https://auth.example.test", "OAUTH_CLIENT_SECRET": "x"}),
                    asgi=asgi)
     assert "plain http" not in caplog.text
+
+
+@pytest.mark.parametrize("asgi", [False, True], ids=["wsgi", "asgi"])
+def test_misses_reuse_one_connection_even_from_a_new_thread_each(standin, asgi):
+    """A miss must not cost the authorization server a new connection, also under WSGI servers that run each
+    request on a thread (or greenlet) of its own: calls borrow idle clients, whose connections stay open.
+    An ASGI app serves every request from its one event loop."""
+    app = create_app(load_settings(standin.environ()), asgi=asgi)
+    bodies = [{"credentials": {"token": f"good-conn-{n}"}} for n in range(20)]
+    if asgi:
+        async def run() -> list[dict]:
+            async with falcon.testing.ASGIConductor(app) as conductor:
+                return [(await conductor.simulate_post("/plugin/authenticate", json=body)).json for body in bodies]
+        answers = asyncio.run(run())
+    else:
+        client, answers = falcon.testing.TestClient(app), []
+        for body in bodies:
+            thread = threading.Thread(target=lambda body=body: answers.append(
+                client.simulate_post("/plugin/authenticate", json=body).json))
+            thread.start()
+            thread.join()
+    assert [a["result"]["authenticated"] for a in answers] == [True] * 20 and standin.total == 20
+    assert standin.connections == 1

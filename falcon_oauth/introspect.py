@@ -330,7 +330,11 @@ class PerProcess:
 class ClientPool:
     """Sync HTTP clients lent one call at a time: a call takes an idle client (or makes one) and gives it back.
     So there are as many clients as calls ever ran at once, threads or greenlets alike, and each client's
-    own connection pool holds the one connection its call uses. ``list.pop`` and ``append`` are atomic."""
+    own connection pool holds the one connection its call uses. ``list.pop`` and ``append`` are atomic.
+    At most MAX_IDLE stay idle (as many kept-alive connections as one shared pool kept): a client given back
+    beyond that, after a burst, is closed."""
+
+    MAX_IDLE = 64
 
     def __init__(self, factory: Callable[[], httpx.Client]) -> None:
         self._factory = factory
@@ -348,7 +352,10 @@ class ClientPool:
         try:
             yield client
         finally:
-            self._idle.append(client)
+            if len(self._idle) < self.MAX_IDLE:
+                self._idle.append(client)
+            else:
+                client.close()
 
 
 class Authenticator(_Driver):

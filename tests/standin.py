@@ -23,6 +23,7 @@ class StandIn:
         self.slow_seconds = 3.0
         self.calls: Counter[str] = Counter()
         self.connections = 0  # TCP connections accepted
+        self.open_connections = 0  # of which the client has not closed yet
         self.answers: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         standin = self
@@ -34,6 +35,12 @@ class StandIn:
                 super().setup()
                 with standin._lock:
                     standin.connections += 1
+                    standin.open_connections += 1
+
+            def finish(self) -> None:  # the connection ended
+                super().finish()
+                with standin._lock:
+                    standin.open_connections -= 1
 
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)

@@ -11,6 +11,7 @@ import logging
 import ssl
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -213,3 +214,28 @@ def test_misses_reuse_one_connection_even_from_a_new_thread_each(standin, asgi):
             thread.join()
     assert [a["result"]["authenticated"] for a in answers] == [True] * 20 and standin.total == 20
     assert standin.connections == 1
+
+
+@pytest.mark.parametrize("asgi", [False, True], ids=["wsgi", "asgi"])
+def test_after_a_burst_of_misses_at_most_64_connections_stay_open(standin, asgi):
+    """100 concurrent misses need 100 connections; once they are answered the plugin keeps at most 64 of them
+    alive to the authorization server (as one shared pool would), and closes the rest."""
+    standin.delay = 0.3
+    app = create_app(load_settings(standin.environ()), asgi=asgi)
+    bodies = [{"credentials": {"token": f"good-burst-{n}"}} for n in range(100)]
+    if asgi:
+        async def run() -> list[dict]:
+            async with falcon.testing.ASGIConductor(app) as conductor:
+                answers = await asyncio.gather(*(conductor.simulate_post("/plugin/authenticate", json=body)
+                                                 for body in bodies))
+                await asyncio.sleep(0.5)
+                return [a.json for a in answers]
+        answers = asyncio.run(run())
+    else:
+        client = falcon.testing.TestClient(app)
+        with ThreadPoolExecutor(max_workers=100) as pool:
+            answers = list(pool.map(lambda body: client.simulate_post("/plugin/authenticate", json=body).json,
+                                    bodies))
+        time.sleep(0.5)
+    assert [a["result"]["authenticated"] for a in answers] == [True] * 100
+    assert standin.connections == 100 and standin.open_connections <= 64

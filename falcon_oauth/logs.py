@@ -208,10 +208,10 @@ class LineWriter(logging.Handler):
 
     def _start_writer(self) -> None:
         with self._start:
-            if self._pid == os.getpid():
+            if self._pid == _PID:
                 return
             self._lines = queue.SimpleQueue()  # a parent's pending lines are the parent's to write
-            self._pid = os.getpid()
+            self._pid = _PID
             threading.Thread(target=self._write_forever, args=(self._lines,), name="falcon-oauth-log-writer",
                              daemon=True).start()
 
@@ -259,7 +259,7 @@ class LineWriter(logging.Handler):
 
     def flush(self) -> None:
         """Returns once every line queued so far is written (or after 5 s)."""
-        if self._pid != os.getpid():
+        if self._pid != _PID:
             return
         written = threading.Event()
         self._lines.put(written)
@@ -267,7 +267,7 @@ class LineWriter(logging.Handler):
 
     def close(self) -> None:
         self.flush()
-        if self._pid == os.getpid():
+        if self._pid == _PID:
             self._lines.put(None)
             self._pid = None
         super().close()

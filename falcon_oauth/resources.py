@@ -35,8 +35,7 @@ def _is_json(content_type: str | None) -> bool:
 
 
 def _check_body(req: falcon.Request, limit: int) -> None:
-    content_type = req.content_type
-    if content_type != "application/json" and not _is_json(content_type):
+    if not _is_json(req.content_type):
         raise falcon.HTTPError(falcon.HTTP_415, title="unsupported_media_type",
                                description="send the body as Content-Type: application/json")
     length = req.content_length

@@ -28,7 +28,7 @@ if os.environ.get("CI"):
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
-CONTRACT = ROOT.parent / "shared" / "contract"
+CONTRACT = HERE / "fixtures" / "contract"  # the project's own examples of both wire dialects
 AUTHSERVER = HERE / "authserver"
 
 # The clients configured in tests/authserver/server.mjs.
@@ -186,7 +186,7 @@ class JsonHandler(BaseHTTPRequestHandler):
 
 
 def contract(name: str, token: str | None = None) -> Any:
-    """A request or answer from ../shared/contract/, with REPLACE_WITH_TOKEN replaced."""
+    """An example request or answer of tests/fixtures/contract/, with REPLACE_WITH_TOKEN replaced."""
     import json
 
     text = (CONTRACT / name).read_text()

@@ -32,7 +32,7 @@ def test_every_contract_request_yields_its_token_and_dialect(name, dialect):
 
 def test_host_request_carries_its_request_id_and_path():
     request = parse(contract("host_request_query_token.json", TOKEN))
-    assert request.request_id == "3f0b2c9e-8d4a-4c1e-9b7a-2d5e6f708192"
+    assert request.request_id == "6d1f3a52-7c1e-4b8e-a0d4-5e2f9b7c0a11"
     assert (request.method, request.path) == ("GET", "/api/users")
 
 
@@ -269,23 +269,23 @@ def shape(value: object) -> object:
     return type(value).__name__
 
 
-CLAIMS = {"sub": "user-42", "scope": "read write", "client_id": "mockforge-demo", "exp": 1795778810,
-          "iat": 1795775210, "email": "ada@example.test"}
+CLAIMS = {"sub": "u-1001", "scope": "openid read", "client_id": "storefront", "exp": 1893456000,
+          "iat": 1893452400, "email": "grace@example.test"}
 
 
 def test_sdk_answers_have_the_contract_shapes():
-    ok = core.render_verdict(Dialect.SDK, core.Verdict(True, None, "user-42", CLAIMS), {"cache": "hit"})
+    ok = core.render_verdict(Dialect.SDK, core.Verdict(True, None, "u-1001", CLAIMS), {"cache": "hit"})
     assert (ok.status, ok.body) == (200, contract("sdk_response_authenticated.json"))
     no = core.render_verdict(Dialect.SDK, core.Verdict(False, core.TOKEN_INACTIVE), {})
     assert (no.status, no.body) == (200, contract("sdk_response_rejected.json"))
 
 
 def test_host_answers_have_the_contract_shapes():
-    claims = {"sub": "user-42", "scope": "read write", "client_id": "mockforge-demo", "exp": 1795778810,
-              "username": "ada", "email": "ada@example.test", "name": "Ada L."}
-    ok = core.render_verdict(Dialect.HOST, core.Verdict(True, None, "user-42", claims), {"cache": "hit"})
+    claims = {"sub": "u-1001", "scope": "openid read", "client_id": "storefront", "exp": 1893456000,
+              "username": "grace", "email": "grace@example.test", "name": "Grace H."}
+    ok = core.render_verdict(Dialect.HOST, core.Verdict(True, None, "u-1001", claims), {"cache": "miss"})
     expected = contract("host_response_authenticated.json")
-    assert ok.body["identity"] == expected["identity"]
+    assert ok.body["identity"] == expected["identity"] and ok.body["metadata"] == expected["metadata"]
     assert shape({k: v for k, v in ok.body.items() if k != "claims"}) == \
         shape({k: v for k, v in expected.items() if k != "claims"})
     no = core.render_verdict(Dialect.HOST, core.Verdict(False, core.TOKEN_INACTIVE), {})

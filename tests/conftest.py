@@ -1,5 +1,10 @@
-"""Shared fixtures: a real authorization server (oidc-provider), a real memcached, and the app in both
-kinds (every HTTP-level test runs against the ASGI app and the WSGI app)."""
+"""Shared fixtures and helpers: a real authorization server (oidc-provider), a real memcached, server
+processes, and the app in both kinds (every HTTP-level test runs against the ASGI app and the WSGI app).
+
+Two kinds of tests (markers registered in pyproject.toml): ``integration`` tests need node (oidc-provider),
+memcached or start processes; every other test is marked ``unit`` here and runs in seconds with none of
+them (``pytest -m unit``). A missing prerequisite stops the session with one line saying what to install.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -36,6 +43,48 @@ PLUGIN_CLIENT = ("mockforge", "p@ss:word+/= with space")
 POST_CLIENT = ("mockforge-post", "post-secret")
 APP_CLIENT = ("app", "app-secret")
 USER_GRANT = "urn:falcon-oauth:test:user"
+
+
+INTEGRATION_FIXTURES = {"authserver", "memcached"}  # a test using one of these is an integration test
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
+        if item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.unit)
+
+
+class _UnitGuard:
+    """While a ``unit`` test (its fixtures included) runs, starting a process fails it: the fast subset
+    must never need node, memcached or a server process. Audit hooks cannot be removed, hence the flag."""
+
+    active = False
+
+    @classmethod
+    def hook(cls, event: str, args: tuple[Any, ...]) -> None:
+        if cls.active and event in ("subprocess.Popen", "os.posix_spawn", "os.exec"):
+            raise RuntimeError(f"a unit test started a process ({args[0]!r}): mark it integration")
+
+
+sys.addaudithook(_UnitGuard.hook)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request: pytest.FixtureRequest) -> Iterator[None]:
+    _UnitGuard.active = request.node.get_closest_marker("unit") is not None
+    try:
+        yield
+    finally:
+        _UnitGuard.active = False
+
+
+def missing(what: str) -> None:
+    """Stops the whole session with one line instead of failing every test that needs ``what``."""
+    pytest.exit(f"falcon-oauth tests: {what}; or run only the tests that need neither: "
+                "`python3 -m pytest -m unit`", returncode=3)
 
 
 def free_port() -> int:
@@ -104,10 +153,13 @@ class AuthServer:
 
 @pytest.fixture(scope="session")
 def authserver() -> Iterator[AuthServer]:
+    node = shutil.which("node")
+    if node is None:
+        missing("the integration tests need Node.js 20.18+ for oidc-provider (`node` is not on PATH)")
     if not (AUTHSERVER / "node_modules" / "oidc-provider").is_dir():
-        pytest.fail("oidc-provider is not installed: run `npm ci --prefix tests/authserver` (see .ci/run)")
+        missing("the integration tests need oidc-provider: `scripts/test` installs it")
     port = free_port()
-    process = subprocess.Popen(["node", str(AUTHSERVER / "server.mjs"), str(port)],
+    process = subprocess.Popen([node, str(AUTHSERVER / "server.mjs"), str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, process)
@@ -126,9 +178,9 @@ class Memcached:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        binary = shutil.which("memcached") or "/usr/bin/memcached"
-        if not os.path.exists(binary):
-            pytest.fail("memcached is not installed: `apt-get install memcached` (see .ci/run)")
+        binary = shutil.which("memcached")
+        if binary is None:
+            missing("the integration tests need memcached (not on PATH): `scripts/test` installs it")
         self.process = subprocess.Popen([binary, "-l", "127.0.0.1", "-p", str(self.port), "-U", "0",
                                          "-m", "64", "-u", "root"], stdout=subprocess.DEVNULL)
         wait_for_port(self.port, self.process)
@@ -164,6 +216,20 @@ def make_client(asgi: bool):
         return falcon.testing.TestClient(create_app(settings, asgi=asgi, transport=transport))
 
     return make
+
+
+def start(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """A server process started from the repository root on a free loopback port (``{port}`` in the
+    command), listening; ``process.output()`` is what it printed so far (its output goes to a file, which
+    can be read at any time, also after the process ended)."""
+    port = free_port()
+    env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port)}
+    argv = [part.format(port=port) for part in command]
+    log = tempfile.NamedTemporaryFile(prefix="falcon-oauth-server-", suffix=".log", delete=False)
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process.output = lambda: Path(log.name).read_text()
+    wait_for_port(port, process)
+    return process, f"http://127.0.0.1:{port}"
 
 
 class JsonHandler(BaseHTTPRequestHandler):

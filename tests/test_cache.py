@@ -22,7 +22,7 @@ from falcon_oauth.settings import load_settings
 API_KEY = "purge-key-0123456789"
 
 
-@pytest.fixture(params=["memory", "memcached"])
+@pytest.fixture(params=["memory", pytest.param("memcached", marks=pytest.mark.integration)])
 def backend(request) -> dict[str, str]:
     """The cache settings of each backend; memcached is a real server started for the test."""
     if request.param == "memory":

@@ -24,6 +24,7 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 MANIFESTS = ROOT / "deploy" / "kubernetes"
 
 
+@pytest.mark.integration
 def test_dockerfile_passes_hadolint():
     result = subprocess.run(["hadolint", str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -66,6 +66,7 @@ def test_faults_per_token_and_for_every_call(devserver):
     assert introspect(devserver, "demo-user-token").status_code == 200
 
 
+@pytest.mark.integration
 def test_the_demo_prints_commands_that_show_each_answer():
     port = free_port()
     env = {**os.environ, "PORT": str(port)}

@@ -53,6 +53,7 @@ def test_explicit_endpoints_win_over_discovered_ones(authserver):
     assert settings.userinfo_url == f"{authserver.url}/custom-userinfo"
 
 
+@pytest.mark.integration
 def test_failed_discovery_stops_start_up_with_one_line():
     env = {"PATH": "/usr/bin:/bin", "AUTH_SERVER_URL": f"http://127.0.0.1:{free_port()}",
            "OAUTH_CLIENT_SECRET": "s", "OIDC_DISCOVERY": "true", "AUTH_SERVER_TIMEOUT": "2"}

@@ -10,9 +10,8 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import contract, stop
+from tests.conftest import contract, start, stop
 from tests.fakes import FakeAuthServer, fake_settings, inactive
-from tests.test_servers import start
 
 API_KEY = "observability-key-0123"
 
@@ -70,8 +69,9 @@ def test_metrics_can_require_the_key(make_client):
 
 def test_request_id_comes_from_the_host_then_the_header_else_is_made(make_client):
     client = make_client(fake_settings(), FakeAuthServer())
-    host = client.simulate_post("/plugin/authenticate", json=contract("host_request_query_token.json", "good"))
-    assert host.headers["X-Request-ID"] == "3f0b2c9e-8d4a-4c1e-9b7a-2d5e6f708192"
+    body = contract("host_request_query_token.json", "good")
+    host = client.simulate_post("/plugin/authenticate", json=body)
+    assert host.headers["X-Request-ID"] == body["context"]["request_id"]
     sdk = client.simulate_post("/plugin/authenticate", json=contract("sdk_request_valid.json", "good"),
                                headers={"X-Request-ID": "mockforge-req-7"})
     assert sdk.headers["X-Request-ID"] == "mockforge-req-7"

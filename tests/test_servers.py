@@ -3,16 +3,14 @@ gunicorn wsgi:app, gunicorn with uvicorn workers. Same environment, same answers
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, stop, wait_for_port
+from tests.conftest import start, stop
+
+pytestmark = pytest.mark.integration  # server processes
 
 COMMANDS = {
     "python-m": [sys.executable, "-m", "falcon_oauth"],
@@ -22,19 +20,6 @@ COMMANDS = {
     "gunicorn-uvicorn-worker": [sys.executable, "-m", "gunicorn", "asgi:app", "-b", "127.0.0.1:{port}",
                                 "-k", "uvicorn_worker.UvicornWorker", "--workers", "2"],
 }
-
-
-def start(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    """The server process, listening; ``process.output()`` is what it printed so far (its output goes to a
-    file, which can be read at any time, also after the process ended)."""
-    port = free_port()
-    env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port)}
-    argv = [part.format(port=port) for part in command]
-    log = tempfile.NamedTemporaryFile(prefix="falcon-oauth-server-", suffix=".log", delete=False)
-    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    process.output = lambda: Path(log.name).read_text()
-    wait_for_port(port, process)
-    return process, f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))

@@ -91,6 +91,7 @@ def test_bad_values_name_their_key(env, key):
     assert caught.value.key.startswith(key)
 
 
+@pytest.mark.integration
 def test_a_bad_setting_exits_non_zero_with_one_line_and_no_secret():
     env = {"PATH": "/usr/bin:/bin", "AUTH_SERVER_URL": "https://as.test", "OAUTH_CLIENT_SECRET": "very-secret-value",
            "PORT": "not-a-port"}

@@ -12,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.conftest import stop
-from tests.test_servers import start
+from tests.conftest import start, stop
+
+pytestmark = pytest.mark.integration  # server processes
 
 SERVERS = {
     "python-m": [sys.executable, "-m", "falcon_oauth"],

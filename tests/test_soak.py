@@ -16,8 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import stop
-from tests.test_servers import start
+from tests.conftest import start, stop
+
+pytestmark = pytest.mark.integration  # server processes
 
 SECONDS = float(os.environ.get("SOAK_SECONDS", "30"))
 SERVERS = {

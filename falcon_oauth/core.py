@@ -443,7 +443,8 @@ def introspection_result(status: int, body: bytes, retry_after_header: str | Non
     """The introspection endpoint's answer → an ``Introspected`` record, or ``Undecided``."""
     if status != 200:
         code = AUTH_SERVER_UNAVAILABLE if status in RETRY_STATUSES else AUTH_SERVER_ERROR
-        raise Undecided(code, f"introspection status {status}", retry_after(retry_after_header))
+        hint = ": check INTROSPECTION_ENDPOINT" if status == 404 else ""
+        raise Undecided(code, f"introspection status {status}{hint}", retry_after(retry_after_header))
     answer = _json_object(body)
     if answer is None:
         raise Undecided(AUTH_SERVER_BAD_RESPONSE, "introspection answer is not a JSON object")

@@ -1,43 +1,54 @@
-"""``python -m falcon_oauth demo``: the plugin on embedded defaults, wired to the built-in development
-authorization server, with curl commands that show every kind of answer."""
+"""``falcon-oauth demo``: the plugin on embedded defaults, wired to the built-in development authorization
+server, with curl commands that show every kind of answer, each labelled with the answer it gets."""
 
 from __future__ import annotations
 
 import os
 
-from falcon_oauth.__main__ import serve, settings_or_exit
-from falcon_oauth.devserver import DEFAULT_CONFIG, start_devserver
+from falcon_oauth.__main__ import listen, serve, settings_or_exit
+from falcon_oauth.devserver import DEV_CLIENT, start_devserver
+
+SDK = '{"credentials": {"type": "bearer", "token": "%s"}}'
+HOST = ('{"context": {"plugin_id": "auth-python-oauth", "request_id": "demo-1"}, "method": "GET", '
+        '"uri": "/api/users", "query_params": {"access_token": "%s"}}')
+
+# (what the command sends, its body, the token, the answer it gets: "authenticated" or the rejection reason)
+EXAMPLES = (
+    ("SDK dialect, a user's token, with userinfo claims", SDK, "demo-user-token", "authenticated"),
+    ("host dialect, a machine token", HOST, "demo-machine-token", "authenticated"),
+    ("SDK dialect, an inactive (revoked) token", SDK, "demo-inactive-token", "token_inactive"),
+    # token_expired is for an exp that passes while a verdict is cached, or a server reporting a past exp
+    ("host dialect, an expired token (past its exp a server answers active=false, RFC 7662)", HOST,
+     "demo-expired-token", "token_inactive"),
+    ("SDK dialect, no token at all", '{"credentials": {"type": "bearer"}}', None, "missing_token"),
+)
 
 
 def curl_commands(plugin: str) -> str:
-    sdk = '{"credentials": {"type": "bearer", "token": "%s"}}'
-    host = ('{"context": {"plugin_id": "auth-python-oauth", "request_id": "demo-1"}, "method": "GET", '
-            '"uri": "/api/users", "query_params": {"access_token": "%s"}}')
-    lines = ["", "falcon-oauth demo: the plugin is ready. Try it (each command is one line):", ""]
-    for label, body, token in (
-        ("SDK dialect, a user's token (authenticated, with userinfo claims)", sdk, "demo-user-token"),
-        ("host dialect, a machine token (authenticated)", host, "demo-machine-token"),
-        ("SDK dialect, an inactive token (rejected: token_inactive)", sdk, "demo-inactive-token"),
-        ("host dialect, an expired token (rejected)", host, "demo-expired-token"),
-        ("SDK dialect, no token at all (rejected: missing_token)", '{"credentials": {"type": "bearer"}}', None),
-    ):
+    """The demo's banner. Every ``curl`` line follows a ``#`` line ending in ``→ <the answer it gets>``."""
+    lines = ["", "falcon-oauth demo: ready. Try it (each command is one line):", ""]
+    for what, body, token, answer in EXAMPLES:
         data = body % token if token else body
-        lines += [f"# {label}",
+        label = "authenticated" if answer == "authenticated" else f"rejected: {answer}"
+        lines += [f"# {what} → {label}",
                   f"curl -s -X POST {plugin}/plugin/authenticate -H 'Content-Type: application/json' -d '{data}'",
                   ""]
-    lines += ["# liveness and readiness", f"curl -s {plugin}/health; echo; curl -s {plugin}/health/ready", "",
+    lines += ["# liveness → 200", f"curl -s {plugin}/health", "",
+              "# readiness: the authorization server answers → 200", f"curl -s {plugin}/health/ready", "",
               "Stop with Ctrl-C. The authorization server here is a DEVELOPMENT server; point AUTH_SERVER_URL",
               "at your own to run the plugin for real (see README.md).", ""]
     return "\n".join(lines)
 
 
-def run_demo() -> None:
+def run_demo(host: str = "127.0.0.1") -> None:
+    """The plugin on ``host`` (loopback unless told otherwise) and PORT (default 8080)."""
     as_url, _ = start_devserver()
-    mockforge = next(c for c in DEFAULT_CONFIG["clients"] if c["client_id"] == "mockforge")
-    settings = settings_or_exit(
-        auth_server_url=as_url, introspection_endpoint="/introspect", userinfo_endpoint="/userinfo",
-        oauth_client_id=mockforge["client_id"], oauth_client_secret=mockforge["client_secret"],
-        host=os.environ.get("HOST", "127.0.0.1"), port=os.environ.get("PORT", "8080"), cache_backend="memory")
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    print(curl_commands(f"http://{host}:{settings.port}"), flush=True)
-    serve(settings)
+    # Only PORT and LOG_LEVEL are read from the environment: settings meant for a real deployment (a plugin
+    # key, routes, another endpoint) would change the answers the banner promises.
+    environ = {key: os.environ[key] for key in ("PORT", "LOG_LEVEL") if key in os.environ}
+    settings = settings_or_exit(environ, auth_server_url=as_url, userinfo_endpoint="/userinfo",
+                                oauth_client_id=DEV_CLIENT[0], oauth_client_secret=DEV_CLIENT[1], host=host)
+    sock = listen(settings.host, settings.port)  # a taken port ends here, in one line, before "ready"
+    shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    print(curl_commands(f"http://{shown}:{settings.port}"), flush=True)
+    serve(settings, sock)

@@ -3,15 +3,18 @@ against. Never use it in production, and this project's own integration tests ne
 a real one (they run oidc-provider).
 
 It speaks RFC 7662 introspection, RFC 7009 revocation, the client_credentials grant, OpenID Connect
-userinfo and RFC 8414 metadata. Clients, users and fixed tokens come from a YAML file
-(``config/devserver.example.yaml``); faults (latency, an HTTP status, a garbage body) can be set per
-token in that file, or for every call with ``POST /admin/faults``.
+userinfo and RFC 8414 metadata, at ``/introspect``, ``/revoke``, ``/token``, ``/userinfo`` and also under
+``/oauth/`` (the plugin's default INTROSPECTION_ENDPOINT is ``/oauth/introspect``), so a plugin given only
+its address and the development client's secret works. Clients, users and fixed tokens come from a YAML
+file (``config/devserver.example.yaml``); faults (latency, an HTTP status, a garbage body) can be set per
+token in that file, or for every call with ``POST /admin/faults`` from this machine (loopback) only.
 """
 
 from __future__ import annotations
 
 import base64
 import hmac
+import ipaddress
 import secrets
 import threading
 import time
@@ -23,8 +26,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import falcon
 
+DEV_CLIENT = ("mockforge", "mockforge-dev-secret")  # the plugin's default OAUTH_CLIENT_ID, and its secret here
 DEFAULT_CONFIG: dict[str, Any] = {
-    "clients": [{"client_id": "mockforge", "client_secret": "mockforge-dev-secret"},
+    "clients": [{"client_id": DEV_CLIENT[0], "client_secret": DEV_CLIENT[1]},
                 {"client_id": "demo-app", "client_secret": "demo-app-secret"}],
     "users": [{"sub": "user-42", "preferred_username": "ada", "email": "ada@example.test", "name": "Ada L."}],
     "tokens": [
@@ -162,7 +166,10 @@ class DevAuthServer:
         resp.media = self.users[token.sub]
 
     def on_post_faults(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """``{"latency_ms": 50, "status": 503, "garbage": true}`` for every call; ``{}`` clears."""
+        """``{"latency_ms": 50, "status": 503, "garbage": true}`` for every call; ``{}`` clears. Only a client
+        on this machine may switch faults (the address of the connection; forwarding headers are not read)."""
+        if not _is_loopback(req.remote_addr):
+            raise falcon.HTTPForbidden(title="faults can be switched from loopback only")
         faults = req.get_media()
         self.faults = faults if isinstance(faults, dict) else {}
         resp.media = {"faults": self.faults}
@@ -171,12 +178,20 @@ class DevAuthServer:
         app = falcon.App()
         app.add_route("/.well-known/oauth-authorization-server", self, suffix="metadata")
         app.add_route("/.well-known/openid-configuration", self, suffix="metadata")
-        app.add_route("/token", self, suffix="token")
-        app.add_route("/introspect", self, suffix="introspect")
-        app.add_route("/revoke", self, suffix="revoke")
-        app.add_route("/userinfo", self, suffix="userinfo")
+        for name in ("token", "introspect", "revoke", "userinfo"):
+            app.add_route(f"/{name}", self, suffix=name)
+            app.add_route(f"/oauth/{name}", self, suffix=name)
         app.add_route("/admin/faults", self, suffix="faults")
         return app
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -197,20 +212,56 @@ def start_devserver(config: dict[str, Any] | None = None, host: str = "127.0.0.1
     return url, server
 
 
-def run_devserver(args: list[str]) -> None:
-    """``python -m falcon_oauth devserver [CONFIG.yaml]``: serve on DEVSERVER_HOST:DEVSERVER_PORT."""
-    import os
-
+def read_config(path: str) -> dict[str, Any]:
+    """The server's YAML file; a problem with it exits 2 with one line."""
     import yaml
 
-    config = None
-    if args:
-        with open(args[0], encoding="utf-8") as handle:
+    from falcon_oauth.__main__ import fail
+
+    try:
+        with open(path, encoding="utf-8") as handle:
             config = yaml.safe_load(handle)
-    host, port = os.environ.get("DEVSERVER_HOST", "127.0.0.1"), int(os.environ.get("DEVSERVER_PORT", "9400"))
-    url, server = start_devserver(config, host, port)
-    print(f"DEVELOPMENT authorization server (not for production) on {url}", flush=True)
-    print(f"  introspection {url}/introspect  userinfo {url}/userinfo  token {url}/token", flush=True)
+    except OSError as error:
+        raise fail(f"devserver: cannot read {path}: {error.strerror}") from None
+    except yaml.YAMLError:
+        raise fail(f"devserver: {path} is not valid YAML") from None
+    needs = {"clients": ("client_id", "client_secret"), "users": ("sub",), "tokens": ("token", "client_id")}
+    if not isinstance(config, dict) or not all(
+            isinstance(config.get(kind, []), list)
+            and all(isinstance(entry, dict) and all(k in entry for k in keys) for entry in config.get(kind, []))
+            for kind, keys in needs.items()) or not config.get("clients"):
+        raise fail(f"devserver: {path} must hold a list of clients (client_id, client_secret) and may hold "
+                   "users (sub) and tokens (token, client_id): see config/devserver.example.yaml")
+    return config
+
+
+def plugin_client(config: dict[str, Any] | None) -> tuple[str, str]:
+    """The client the plugin should use: ``mockforge`` (its default OAUTH_CLIENT_ID) when there is one."""
+    clients = [(str(c["client_id"]), str(c["client_secret"])) for c in (config or DEFAULT_CONFIG)["clients"]]
+    return next((c for c in clients if c[0] == DEV_CLIENT[0]), clients[0])
+
+
+def run_devserver(path: str | None = None) -> None:
+    """``falcon-oauth devserver [CONFIG.yaml]``: serve on DEVSERVER_HOST:DEVSERVER_PORT (127.0.0.1:9400)."""
+    import os
+
+    from falcon_oauth.__main__ import fail
+
+    config = read_config(path) if path else None
+    host, port = os.environ.get("DEVSERVER_HOST", "127.0.0.1"), os.environ.get("DEVSERVER_PORT", "9400")
+    try:
+        url, server = start_devserver(config, host, int(port))
+    except ValueError:
+        raise fail(f"devserver: DEVSERVER_PORT must be a port number, not {port!r}") from None
+    except OSError as error:
+        raise fail(f"devserver: cannot listen on {host}:{port}: {error.strerror or error} "
+                   "(set DEVSERVER_PORT to another port)") from None
+    client_id, secret = plugin_client(config)
+    print(f"DEVELOPMENT authorization server (not for production) on {url}\n"
+          f"  introspection {url}/oauth/introspect (also /introspect), userinfo {url}/userinfo, token {url}/token\n"
+          f"  run the plugin against it with:\n"
+          f"  AUTH_SERVER_URL={url} OAUTH_CLIENT_ID={client_id} OAUTH_CLIENT_SECRET={secret} falcon-oauth",
+          flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -1,33 +1,6 @@
-"""gunicorn settings for falcon-oauth: ``gunicorn -c config/gunicorn.conf.py wsgi:app`` (threads), or add
-``-k uvicorn_worker.UvicornWorker asgi:app`` for ASGI workers. Every value can be overridden on the command
-line or with GUNICORN_CMD_ARGS."""
+"""gunicorn settings for falcon-oauth from a checkout: ``gunicorn -c config/gunicorn.conf.py wsgi:app``
+(threads), or add ``-k uvicorn_worker.UvicornWorker asgi:app`` for ASGI workers. They live in the package,
+``falcon_oauth/gunicorn_conf.py`` (``-c python:falcon_oauth.gunicorn_conf`` where it is installed); that
+file checks the plugin's settings in gunicorn's master, so a bad one exits 2 with one line."""
 
-import json
-import multiprocessing
-import os
-import shutil
-from pathlib import Path
-
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
-worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "16"))
-timeout = 30  # longer than AUTH_SERVER_TIMEOUT plus a memcached lock wait
-graceful_timeout = 20  # in-flight requests finish on SIGTERM within this
-keepalive = 5
-accesslog = "-"
-errorlog = "-"
-logconfig_dict = json.loads((Path(__file__).with_name("logging.json")).read_text())
-
-# Prometheus: every worker writes its samples to this directory and /metrics sums them. Emptied here, when
-# the master reads this file, before any worker (or a --preload'ed app) writes to it: samples of an earlier
-# run must not count.
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/falcon-oauth-prometheus")
-shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
-os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
-
-
-def child_exit(server, worker):
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(worker.pid)
+from falcon_oauth.gunicorn_conf import *  # noqa: F403

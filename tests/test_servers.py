@@ -3,12 +3,16 @@ gunicorn wsgi:app, gunicorn with uvicorn workers. Same environment, same answers
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import subprocess
 import sys
 
 import httpx
 import pytest
 
-from tests.conftest import start, stop
+from falcon_oauth.settings import Settings
+from tests.conftest import ROOT, free_port, start, stop
 
 pytestmark = pytest.mark.integration  # server processes
 
@@ -38,3 +42,27 @@ def test_each_documented_command_serves_verdicts(authserver, name):
         stop(process)
     output = process.output()
     assert token not in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize("config, worker, bad", [
+    ("config/gunicorn.conf.py", ["wsgi:app"], {}),
+    ("config/gunicorn.conf.py", ["-k", "uvicorn_worker.UvicornWorker", "asgi:app"], {"CACHE_BACKEND": "redis"}),
+    ("python:falcon_oauth.gunicorn_conf", ["falcon_oauth.wsgi:app"], {"PORT": "eighty"}),
+    ("python:falcon_oauth.gunicorn_conf", ["-k", "uvicorn_worker.UvicornWorker", "falcon_oauth.asgi:app"], {}),
+], ids=["gthread-missing", "uvicorn-worker-invalid", "package-gthread-invalid", "package-uvicorn-worker-missing"])
+def test_a_bad_setting_stops_gunicorn_in_the_master(tmp_path, config, worker, bad):
+    """Not a worker that exits 2 and is started again, forever: gunicorn itself exits 2 with the line
+    ``falcon-oauth`` prints for the same settings, before any worker boots."""
+    settings = {f.name.upper() for f in dataclasses.fields(Settings)} | {"CONFIG_FILE"}
+    env = {k: v for k, v in os.environ.items() if k.removesuffix("_FILE") not in settings}
+    env |= {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PORT": "8080"}
+    if bad:  # an invalid value; else AUTH_SERVER_URL is missing
+        env |= {"AUTH_SERVER_URL": "http://127.0.0.1:9", "OAUTH_CLIENT_SECRET": "s", **bad}
+    cli = subprocess.run([sys.executable, "-m", "falcon_oauth"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "-c", config, "-b", f"127.0.0.1:{free_port()}",
+                             *worker], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == cli.returncode == 2
+    (line,) = cli.stderr.splitlines()
+    assert line.startswith("falcon-oauth: configuration error: ")
+    assert result.stderr.splitlines() == [line] and result.stdout == ""  # no worker booted, nothing else said

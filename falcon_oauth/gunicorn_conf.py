@@ -1,0 +1,45 @@
+"""gunicorn settings for falcon-oauth, from the installed package:
+
+    gunicorn -c python:falcon_oauth.gunicorn_conf falcon_oauth.wsgi:app                                  # threads
+    gunicorn -c python:falcon_oauth.gunicorn_conf -k uvicorn_worker.UvicornWorker falcon_oauth.asgi:app  # ASGI
+
+(``config/gunicorn.conf.py`` in a checkout is the same). Every value can be overridden on the command line
+or with GUNICORN_CMD_ARGS.
+
+The plugin's settings are checked here, when gunicorn's master reads this file: a bad or missing setting
+ends gunicorn with exit status 2 and the one line ``falcon-oauth`` prints, instead of workers that exit
+and are restarted forever."""
+
+import json
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+
+from falcon_oauth.__main__ import check_settings
+
+_settings = check_settings()
+
+bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
+timeout = 30  # longer than AUTH_SERVER_TIMEOUT plus a memcached lock wait
+graceful_timeout = 20  # in-flight requests finish on SIGTERM within this
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+logconfig_dict = json.loads(Path(__file__).with_name("logging.json").read_text())
+
+# Prometheus: every worker writes its samples to this directory and /metrics sums them. Emptied here, when
+# the master reads this file, before any worker (or a --preload'ed app) writes to it: samples of an earlier
+# run must not count.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/falcon-oauth-prometheus")
+shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

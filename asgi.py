@@ -1,5 +1,4 @@
-"""ASGI entry point: ``uvicorn asgi:app``."""
-from falcon_oauth.__main__ import settings_or_exit
-from falcon_oauth.app import create_app
+"""ASGI entry point in a checkout: ``uvicorn asgi:app`` (installed: ``falcon_oauth.asgi:app``)."""
+from falcon_oauth.asgi import app
 
-app = create_app(settings_or_exit(), asgi=True)
+__all__ = ["app"]

@@ -1,5 +1,4 @@
-"""WSGI entry point: ``gunicorn wsgi:app``."""
-from falcon_oauth.__main__ import settings_or_exit
-from falcon_oauth.app import create_app
+"""WSGI entry point in a checkout: ``gunicorn wsgi:app`` (installed: ``falcon_oauth.wsgi:app``)."""
+from falcon_oauth.wsgi import app
 
-app = create_app(settings_or_exit(), asgi=False)
+__all__ = ["app"]

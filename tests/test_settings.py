@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import subprocess
 import sys
 
 import pytest
+import yaml
 
-from falcon_oauth.settings import SettingsError, load_settings
+from falcon_oauth.settings import Settings, SettingsError, load_settings
 from tests.conftest import ROOT
 
 BASE = {"AUTH_SERVER_URL": "https://as.example.test/realm", "OAUTH_CLIENT_SECRET": "s3cret-value"}
@@ -100,3 +103,21 @@ def test_a_bad_setting_exits_non_zero_with_one_line_and_no_secret():
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["falcon-oauth: configuration error: PORT: must be an integer"]
     assert "very-secret-value" not in result.stderr + result.stdout and "Traceback" not in result.stderr
+
+
+def test_the_example_file_holds_every_setting_with_its_default():
+    example = ROOT / "config" / "example.yaml"
+    keys = set(yaml.safe_load(example.read_text()))
+    assert keys == {f.name for f in dataclasses.fields(Settings)} - {"version"}
+    loaded = load_settings({"CONFIG_FILE": str(example), "OAUTH_CLIENT_SECRET": "s"})
+    assert loaded == Settings(auth_server_url=loaded.auth_server_url, oauth_client_secret="s")
+
+
+def test_the_mockforge_snippet_gives_mockforge_the_key_the_plugin_requires():
+    """Following config/mockforge.yaml, MockForge sends the very key the plugin then requires."""
+    snippet = ROOT / "config" / "mockforge.yaml"
+    env = {"PLUGIN_API_KEY": "a-plugin-key-of-32-characters-xx", "AUTH_SERVER_URL": "https://as.test",
+           "OAUTH_CLIENT_SECRET": "s", "CONFIG_FILE": str(snippet)}
+    (plugin,) = yaml.safe_load(snippet.read_text())["plugins"]
+    sent = re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), ""), plugin["remote"]["api_key"])
+    assert sent and load_settings(env).plugin_api_key == sent

@@ -2,8 +2,8 @@
 processes, and the app in both kinds (every HTTP-level test runs against the ASGI app and the WSGI app).
 
 Two kinds of tests (markers registered in pyproject.toml): ``integration`` tests need node (oidc-provider),
-memcached or start processes; every other test is marked ``unit`` here and runs in seconds with none of
-them (``pytest -m unit``). A missing prerequisite stops the session with one line saying what to install.
+memcached or start processes; every other test is marked ``unit`` here and runs with none of them
+(``pytest -m unit``, about a minute). A missing prerequisite stops the session with one line saying what to install.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import falcon.testing
 import httpx
@@ -81,7 +81,7 @@ def _unit_tests_start_no_process(request: pytest.FixtureRequest) -> Iterator[Non
         _UnitGuard.active = False
 
 
-def missing(what: str) -> None:
+def missing(what: str) -> NoReturn:
     """Stops the whole session with one line instead of failing every test that needs ``what``."""
     pytest.exit(f"falcon-oauth tests: {what}; or run only the tests that need neither: "
                 "`python3 -m pytest -m unit`", returncode=3)

@@ -28,7 +28,7 @@ def venv(tmp_path_factory) -> Path:
     where = tmp_path_factory.mktemp("install")
     source = where / "source"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", "tests", "bench", "deploy", "node_modules", "__pycache__", ".*cache", "build", "dist", "*.egg-info"))
+        ".*", "tests", "bench", "deploy", "node_modules", "__pycache__", "build", "dist", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(where / "venv")], check=True,
                    timeout=120)
     bin_dir = where / "venv" / "bin"

@@ -17,12 +17,12 @@ def settings_or_exit(**overrides: object) -> Settings:
     from falcon_oauth.discovery import discover_at_start
 
     try:
-        settings = discover_at_start(load_settings(**overrides))
+        settings = load_settings(**overrides)
+        configure_logging(settings.log_level, settings.secrets)  # before discovery, which logs what it finds
+        return discover_at_start(settings)
     except SettingsError as error:
         print(f"falcon-oauth: configuration error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    configure_logging(settings.log_level, settings.secrets)
-    return settings
 
 
 def serve(settings: Settings) -> None:

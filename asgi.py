@@ -1,5 +1,8 @@
 """ASGI entry point: ``uvicorn asgi:app``."""
 from falcon_oauth.__main__ import settings_or_exit
 from falcon_oauth.app import create_app
+from falcon_oauth.startup import report_uvicorn
 
-app = create_app(settings_or_exit(), asgi=True)
+settings = settings_or_exit()
+app = create_app(settings, asgi=True)
+report_uvicorn(settings)

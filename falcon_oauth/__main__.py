@@ -31,12 +31,14 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from falcon_oauth.app import create_app
+    from falcon_oauth.startup import Listener, report
 
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again under the handler it found
     # at start, so that the process dies by the signal. With a handler of ours there, it returns instead and
     # the service exits 0 after a clean shutdown, which is what orchestrators expect.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
+    report(settings, [Listener(settings.host, settings.port)])
     uvicorn.run(create_app(settings, asgi=True), host=settings.host, port=settings.port,
                 log_config=None, lifespan="on", timeout_graceful_shutdown=10)
 

@@ -226,3 +226,11 @@ def test_the_readme_configuration_table_matches_the_settings():
     settings = {f.name.upper() for f in dataclasses.fields(Settings)} - {"VERSION"}
     assert settings - documented == set(), "settings missing from the README"
     assert documented - settings - {"CONFIG_FILE"} == set(), "README rows that are not settings"
+
+
+def test_security_md_names_only_settings_that_exist_and_the_readme_links_it():
+    text = (ROOT / "SECURITY.md").read_text()
+    named = set(re.findall(r"`([A-Z][A-Z0-9_]{2,})(?:=[^`]*)?`", text))
+    settings = {f.name.upper() for f in dataclasses.fields(Settings)}
+    assert named and named - settings == set(), "SECURITY.md names settings that do not exist"
+    assert "](SECURITY.md)" in (ROOT / "README.md").read_text().split("## Security notes", 1)[1]

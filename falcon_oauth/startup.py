@@ -74,10 +74,11 @@ def report(settings: Settings, listeners: Sequence[Listener] | None) -> None:
                     "metrics_key": metrics_key})
     if listeners and all(listener.local for listener in listeners):
         return
+    beyond = "beyond loopback" if listeners else "perhaps beyond loopback"
     if not settings.plugin_api_key:
-        log.warning("listening on %s, beyond loopback, without PLUGIN_API_KEY: anyone who reaches this port "
-                    "can ask /plugin/authenticate about any token and read its claims; set PLUGIN_API_KEY "
-                    "(and give MockForge the same key)", where)
+        log.warning("listening on %s, %s, without PLUGIN_API_KEY: anyone who reaches this port can ask "
+                    "/plugin/authenticate about any token and read its claims; set PLUGIN_API_KEY (and give "
+                    "MockForge the same key)", where, beyond)
     if not settings.metrics_require_key:
         log.warning("/metrics is open to anyone who reaches %s: set METRICS_REQUIRE_KEY=true to put it behind "
                     "the plugin's key", where)

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 import sys
+import time
 
 import httpx
 import pytest
 
 from falcon_oauth.startup import Listener, report
-from tests.conftest import stop
+from tests.conftest import ROOT, stop
 from tests.fakes import fake_settings
 from tests.test_servers import start
 
@@ -56,6 +59,13 @@ def test_a_warning_for_each_open_door_beyond_loopback(caplog, env, listeners, wa
     for setting in warned:  # each warning names the setting that closes its door
         assert len([w for w in warnings if setting in w]) == 1
     assert len(said(caplog, logging.INFO)) == 1
+
+
+def test_an_address_the_process_cannot_see_is_not_taken_for_loopback(caplog):
+    caplog.set_level(logging.INFO, logger="falcon_oauth")
+    report(fake_settings(), None)
+    warning = said(caplog, logging.WARNING)[0]
+    assert "listening on an address this process cannot see, perhaps beyond loopback" in warning
 
 
 def test_the_start_up_line_names_what_is_served_with_what_and_no_secret(caplog):
@@ -166,6 +176,32 @@ def test_uvicorn_workers_each_say_where_they_listen(authserver, tmp_path):
     assert len(lines) == 2 and len({line["pid"] for line in lines}) == 2
     assert all(line["listen"][0].startswith("0.0.0.0:") for line in lines)
     assert len(warnings_naming(records, "PLUGIN_API_KEY")) == 2
+
+
+def test_uvicorn_on_a_unix_socket_is_local(authserver, tmp_path):
+    socket_path = tmp_path / "plugin.sock"
+    env = {**os.environ, **authserver.environ(HOST="0.0.0.0")}  # HOST is not what uvicorn binds: --uds is
+    log = tmp_path / "out.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "uvicorn", "asgi:app", "--uds", str(socket_path)],
+                                   cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        transport = httpx.HTTPTransport(uds=str(socket_path))
+        with httpx.Client(transport=transport, base_url="http://plugin", timeout=5) as client:
+            for _ in range(200):
+                try:
+                    assert client.get("/health").status_code == 200
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            else:
+                pytest.fail("uvicorn never answered on its unix socket")
+    finally:
+        stop(process)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    (line,) = start_up_lines(records)
+    assert line["listen"] == [f"unix:{socket_path}"]
+    assert [r for r in records if r["level"] == "WARNING"] == []
 
 
 @pytest.mark.parametrize("server", ["python-m", "uvicorn", "gunicorn"])

@@ -22,22 +22,24 @@ def fail(message: str) -> SystemExit:
     return SystemExit(2)
 
 
-def check_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+def check_settings(environ: Mapping[str, str] | None = None, with_logging: bool = False,
+                   **overrides: object) -> Settings:
     """Settings from the environment (discovered endpoints included); a bad setting exits 2 with one line.
     Also run by gunicorn's master (falcon_oauth.gunicorn_conf), so a bad setting never reaches a worker."""
     from falcon_oauth.discovery import discover_at_start
 
     try:
-        return discover_at_start(load_settings(environ, **overrides))
+        settings = load_settings(environ, **overrides)
+        if with_logging:
+            configure_logging(settings.log_level, settings.secrets)  # before discovery, which logs what it finds
+        return discover_at_start(settings)
     except SettingsError as error:
         raise fail(f"configuration error: {error}") from None
 
 
 def settings_or_exit(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """``check_settings`` with logging configured: what each app process starts with."""
-    settings = check_settings(environ, **overrides)
-    configure_logging(settings.log_level, settings.secrets)
-    return settings
+    return check_settings(environ, with_logging=True, **overrides)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -61,6 +63,7 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     import uvicorn
 
     from falcon_oauth.app import create_app
+    from falcon_oauth.startup import Listener, report
 
     sock = sock or listen(settings.host, settings.port)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again under the handler it found
@@ -70,6 +73,7 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> None:
         signal.signal(sig, lambda *_: None)
     config = uvicorn.Config(create_app(settings, asgi=True), host=settings.host, port=settings.port,
                             log_config=None, lifespan="on", timeout_graceful_shutdown=10)
+    report(settings, [Listener(settings.host, settings.port)])
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -385,6 +385,12 @@ def token_result(status: int, body: bytes, now: float) -> tuple[str, float]:
     return token, now + max(min(lifetime, 3600) - 30, 1)
 
 
+def display_url(url: str) -> str:
+    """``url`` fit for a log line: scheme, host, port and path, without credentials, query or fragment."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
 def discovery_urls(issuer: str) -> list[str]:
     """Where the metadata of ``issuer`` lives: RFC 8414 §3 (the well-known path inserted before the issuer's
     path), then OpenID Connect Discovery (appended)."""
@@ -394,18 +400,50 @@ def discovery_urls(issuer: str) -> list[str]:
             f"{issuer.rstrip('/')}/.well-known/openid-configuration"]
 
 
-def endpoints_from_metadata(status: int, body: bytes, issuer: str) -> dict[str, str] | None:
+class Metadata(NamedTuple):
+    endpoints: dict[str, str]  # the usable endpoints, by metadata key
+    refused: dict[str, str]  # the endpoints refused, by metadata key: why
+
+
+METADATA_ENDPOINTS = ("introspection_endpoint", "userinfo_endpoint", "token_endpoint")
+
+
+def endpoints_from_metadata(status: int, body: bytes, issuer: str) -> Metadata | None:
     """The endpoints an authorization server's metadata names, or None when it is not usable. Its issuer
-    must be the configured one (RFC 8414 §3.3), or the document is ignored."""
+    must be the configured one (RFC 8414 §3.3), or the document is ignored. An endpoint must be an absolute
+    http(s) URL without credentials, and https when the issuer is: an https issuer's metadata that sends
+    tokens and the client secret over plain http is a downgrade, refused. Endpoints on another host are
+    accepted (RFC 8414 allows them, and large providers use them): the document comes from the issuer
+    itself, which decides every verdict anyway."""
     answer = _json_object(body) if status == 200 else None
     if not answer or str(answer.get("issuer", "")).rstrip("/") != issuer.rstrip("/"):
         return None
-    endpoints = {}
-    for key in ("introspection_endpoint", "userinfo_endpoint", "token_endpoint"):
+    https = urlsplit(issuer).scheme == "https"
+    endpoints, refused = {}, {}
+    for key in METADATA_ENDPOINTS:
         value = answer.get(key)
-        if isinstance(value, str) and urlsplit(value).scheme in ("http", "https") and urlsplit(value).hostname:
-            endpoints[key] = value
-    return endpoints
+        if value is not None:
+            problem = _endpoint_problem(value, https)
+            if problem:
+                refused[key] = problem
+            else:
+                endpoints[key] = value
+    return Metadata(endpoints, refused)
+
+
+def _endpoint_problem(value: object, https: bool) -> str | None:
+    """Why an endpoint named by metadata is refused, or None when it is usable."""
+    try:
+        parts = urlsplit(value) if isinstance(value, str) and value.isprintable() and " " not in value else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.port == 0:
+            return "not an http(s) URL"
+    except ValueError:  # a port out of range, a broken IPv6 literal
+        return "not an http(s) URL"
+    if https and parts.scheme != "https":
+        return "plain http for an https issuer"
+    if parts.username is not None or parts.password is not None:
+        return "credentials in the URL"
+    return None
 
 
 def userinfo_request(url: str, token: str) -> HttpRequest:

@@ -43,3 +43,9 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def when_ready(server):
+    from falcon_oauth.startup import report_gunicorn
+
+    report_gunicorn(server)  # the start-up line and warnings, once for all workers

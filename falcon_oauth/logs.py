@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterable
 
 import orjson
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -129,6 +130,8 @@ class JsonFormatter(OrjsonFormatter):
         kwargs.setdefault("fmt", "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s")
         kwargs.setdefault("rename_fields", {"asctime": "time", "levelname": "level", "name": "logger",
                                             "process": "pid"})
+        # uvicorn gives its records a ``color_message``, the message again with ANSI colour escapes
+        kwargs.setdefault("reserved_attrs", (*RESERVED_ATTRS, "color_message"))
         super().__init__(*args, **kwargs)
 
     _second: tuple[int, str] = (-1, "")  # the last second formatted, and its text

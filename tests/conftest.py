@@ -220,11 +220,11 @@ def make_client(asgi: bool):
 
 def start(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     """A server process started from the repository root on a free loopback port (``{port}`` in the
-    command), listening; ``process.output()`` is what it printed so far (its output goes to a file, which
-    can be read at any time, also after the process ended)."""
+    command; ``{host}`` is HOST, loopback unless ``env`` names another), listening; ``process.output()`` is what
+    it printed so far (its output goes to a file, which can be read at any time, also after the process ended)."""
     port = free_port()
-    env = {**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(port)}
-    argv = [part.format(port=port) for part in command]
+    env = {**os.environ, "HOST": "127.0.0.1", **env, "PORT": str(port)}
+    argv = [part.format(port=port, host=env["HOST"]) for part in command]
     log = tempfile.NamedTemporaryFile(prefix="falcon-oauth-server-", suffix=".log", delete=False)
     process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     process.output = lambda: Path(log.name).read_text()

@@ -98,7 +98,7 @@ def objects() -> dict[tuple[str, str], dict]:
 def test_every_manifest_kind_is_there(objects):
     kinds = sorted(kind for kind, _ in objects)
     assert kinds == sorted(["ConfigMap", "Secret", "Deployment", "Deployment", "Service", "Service",
-                            "PodDisruptionBudget", "HorizontalPodAutoscaler"])
+                            "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy", "NetworkPolicy"])
 
 
 def test_the_plugin_deployment_is_wired(objects):
@@ -141,6 +141,72 @@ def test_memcached_servers_names_the_memcached_service(objects):
     assert memcached["spec"]["containers"][0]["ports"][0]["name"] == service["ports"][0]["targetPort"]
 
 
+def selects(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector's meaning: matchLabels and matchExpressions, all of them; {} selects all."""
+    assert set(selector) <= {"matchLabels", "matchExpressions"}, "a key Kubernetes would not read"
+    if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
+        if not {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+                "Exists": key in labels, "DoesNotExist": key not in labels}[operator]:
+            return False
+    return True
+
+
+CLIENT_LABEL = {"falcon-oauth/client": "true"}
+
+
+def test_the_selector_semantics_used_below():
+    assert selects({}, {"a": "1"}) and selects({"matchLabels": {"a": "1"}}, {"a": "1", "b": "2"})
+    assert not selects({"matchLabels": {"a": "1"}}, {"a": "2"})
+    assert not selects({"matchExpressions": [{"key": "a", "operator": "DoesNotExist"}]}, {"a": "1"})
+    assert selects({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["2"]}]}, {})
+
+
+def guarded_ingress(objects: dict, deployment: str) -> tuple[dict, list[dict], list[dict]]:
+    """The one NetworkPolicy that guards a deployment's pods, its ingress rules, and the pods' ports."""
+    pods = objects[("Deployment", deployment)]["spec"]["template"]
+    policies = [doc["spec"] for (kind, _), doc in objects.items() if kind == "NetworkPolicy"
+                and selects(doc["spec"]["podSelector"], pods["metadata"]["labels"])]
+    (policy,) = policies
+    assert "Ingress" in policy["policyTypes"]
+    return policy, policy["ingress"], [port for c in pods["spec"]["containers"] for port in c["ports"]]
+
+
+def pod_labels(objects: dict) -> dict[str, dict]:
+    return {name: doc["spec"]["template"]["metadata"]["labels"] for (kind, name), doc in objects.items()
+            if kind == "Deployment"}
+
+
+def test_only_the_plugins_pods_reach_memcached_and_memcached_reaches_nothing(objects):
+    policy, rules, ports = guarded_ingress(objects, "falcon-oauth-memcached")
+    service = objects[("Service", "falcon-oauth-memcached")]["spec"]
+    (rule,) = rules
+    (peer,) = rule["from"]  # an empty or missing "from" would admit everyone
+    assert set(peer) == {"podSelector"}  # pods of this namespace: no namespaceSelector, no ipBlock
+    admitted = {name for name, labels in pod_labels(objects).items() if selects(peer["podSelector"], labels)}
+    assert admitted == {"falcon-oauth"}
+    assert not selects(peer["podSelector"], CLIENT_LABEL)  # a client pod is not a plugin pod
+    (port,) = rule["ports"]
+    assert port["port"] == service["ports"][0]["targetPort"] in {p["name"] for p in ports}
+    assert policy["policyTypes"] == ["Ingress", "Egress"] and policy["egress"] == []
+
+
+def test_only_labelled_clients_reach_the_plugin(objects):
+    _, rules, ports = guarded_ingress(objects, "falcon-oauth")
+    service = objects[("Service", "falcon-oauth")]["spec"]
+    assert rules
+    for rule in rules:
+        assert rule["from"]
+        for peer in rule["from"]:
+            assert set(peer) == {"podSelector"} and peer["podSelector"]["matchLabels"].items() >= CLIENT_LABEL.items()
+            assert not any(selects(peer["podSelector"], labels) for labels in pod_labels(objects).values())
+            assert selects(peer["podSelector"], {**CLIENT_LABEL, "app.kubernetes.io/name": "mockforge"})
+        (port,) = rule["ports"]
+        assert port["port"] == service["ports"][0]["targetPort"] in {p["name"] for p in ports}
+
+
 def test_the_configmap_and_secret_make_valid_settings(objects):
     config = objects[("ConfigMap", "falcon-oauth-config")]["data"]
     secret = objects[("Secret", "falcon-oauth-secrets")]["stringData"]
@@ -161,3 +227,11 @@ def test_the_readme_configuration_table_matches_the_settings():
     settings = {f.name.upper() for f in dataclasses.fields(Settings)} - {"VERSION"}
     assert settings - documented == set(), "settings missing from the README"
     assert documented - settings - {"CONFIG_FILE"} == set(), "README rows that are not settings"
+
+
+def test_security_md_names_only_settings_that_exist_and_the_readme_links_it():
+    text = (ROOT / "SECURITY.md").read_text()
+    named = set(re.findall(r"`([A-Z][A-Z0-9_]{2,})(?:=[^`]*)?`", text))
+    settings = {f.name.upper() for f in dataclasses.fields(Settings)}
+    assert named and named - settings == set(), "SECURITY.md names settings that do not exist"
+    assert "](SECURITY.md)" in (ROOT / "README.md").read_text().split("## Security notes", 1)[1]

@@ -139,7 +139,7 @@ _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 9110 token (tcha
 # cut at; `\`, which some take for `/`; `;`, whose parameters some strip; `%` left over, which a second
 # decoding turns into another escape; `?` and `#`, which a server that decodes first takes for delimiters).
 _AMBIGUOUS = re.compile(r"[\x00-\x20\x7f\\;%?#]")
-_ENCODED_SLASH = re.compile(r"%2f", re.IGNORECASE)
+_ENCODED_SLASH_OR_DOT = re.compile(r"%2f|/(?:%2e(?:\.|%2e)?|\.%2e)(?=/|$)", re.IGNORECASE)
 _SLASHES = re.compile(r"/{2,}")
 
 
@@ -149,15 +149,17 @@ def route_paths(target: str | None) -> tuple[str, ...] | None:
 
     The canonical path is percent-decoded (only UTF-8), with repeated slashes collapsed and dot segments
     resolved (RFC 3986 §5.2.4). A server may skip either step, so a path with dot segments or repeated
-    slashes also names its other readings; a route rule that matches any of them applies. Ambiguous: no
-    leading ``/`` (``admin/x``, ``http://host/x``, ``*``), an encoded ``/``, anything ``_AMBIGUOUS``
-    finds, raw or encoded, non-ASCII that is a control, a space or changed by NFKC normalisation, and a
-    ``..`` together with an empty segment (a server that collapses slashes resolves it elsewhere).
+    slashes also names its other readings; a route rule that matches any of them applies.
+
+    Ambiguous: no leading ``/`` (``admin/x``, ``http://host/x``, ``*``); an encoded ``/``, or an encoded
+    dot segment (``%2e``: a server may resolve dot segments before it decodes); anything ``_AMBIGUOUS``
+    finds, raw or encoded; non-ASCII that is invisible, a space or changed by NFKC normalisation; a ``..``
+    beside an empty segment (a server that merges slashes first resolves it elsewhere).
     """
     if target is None:
         return None
     path = target.partition("?")[0]
-    if not path.startswith("/") or _ENCODED_SLASH.search(path):
+    if not path.startswith("/") or _ENCODED_SLASH_OR_DOT.search(path):
         return None
     try:
         text = unquote(path, errors="strict")
@@ -167,10 +169,9 @@ def route_paths(target: str | None) -> tuple[str, ...] | None:
         return None
     if "//" not in text and "/." not in text:
         return (text,)
-    segments = text.split("/")
-    if ".." in segments and "//" in text:
+    if ".." in text.split("/") and "//" in text:
         return None
-    resolved = _remove_dot_segments(segments)
+    resolved = _remove_dot_segments(text.split("/"))
     return tuple(dict.fromkeys((_SLASHES.sub("/", resolved), resolved, _SLASHES.sub("/", text), text)))
 
 

@@ -199,20 +199,64 @@ def _remove_dot_segments(segments: list[str]) -> str:
     return "/" + "/".join(output)
 
 
+# Globs are matched segment by segment, in time linear in the path: a regular expression with several
+# `.*` or `[^/]*` backtracks polynomially, and a long path would hold a worker for seconds.
+
 @functools.cache
-def _glob(pattern: str) -> re.Pattern[str]:
-    """``*`` matches within one path segment, ``**`` across segments (``/x/**`` also matches ``/x``), ``?``
-    one character; a trailing slash is optional on either side."""
-    parts = re.split(r"(/\*\*|\*\*|\*|\?)", pattern.rstrip("/"))
-    table = {"/**": "(?:/.*)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
-    return re.compile("".join(table.get(part, re.escape(part)) for part in parts) + "/?")
+def _glob_segments(pattern: str) -> tuple[str, ...]:
+    """A rule's path as segments; a trailing slash is optional, so it is dropped."""
+    return tuple(pattern.rstrip("/").split("/")[1:])
+
+
+@functools.cache
+def _pieces(glob: str) -> tuple[tuple[int, re.Pattern[str]], ...]:
+    """One segment's glob as the pieces between its ``*``: each a fixed length, ``?`` one character."""
+    return tuple((len(piece), re.compile(re.escape(piece).replace(r"\?", "."))) for piece in glob.split("*"))
+
+
+def _segment_matches(glob: str, segment: str) -> bool:
+    (head, first), *rest = _pieces(glob)
+    if not rest:
+        return first.fullmatch(segment) is not None
+    *middle, (tail, last) = rest
+    end = len(segment) - tail
+    if end < head or not first.match(segment) or not last.fullmatch(segment, end):
+        return False
+    position = head
+    for _, piece in middle:  # leftmost placement leaves the most room to the pieces after it
+        found = piece.search(segment, position, end)
+        if found is None:
+            return False
+        position = found.end()
+    return True
+
+
+def _glob_matches(globs: tuple[str, ...], path: str) -> bool:
+    """``**`` is any number of segments (none included), ``*`` any run of characters within one, ``?`` one
+    character. Runs through the path once, keeping the positions in ``globs`` it may have reached."""
+    def closure(states: set[int]) -> set[int]:
+        for i in sorted(states):
+            while i < len(globs) and globs[i] == "**":
+                i += 1
+                states.add(i)
+        return states
+
+    states = closure({0})
+    for segment in path.rstrip("/").split("/")[1:]:
+        states = closure({i if globs[i] == "**" else i + 1 for i in states
+                          if i < len(globs) and (globs[i] == "**" or _segment_matches(globs[i], segment))})
+        if not states:
+            return False
+    return len(globs) in states
 
 
 @dataclass(frozen=True)
 class Route:
-    """A per-route scope rule: requests whose path matches ``path`` (a glob) and whose method is one of
-    ``methods`` (all when empty) need every scope of ``scopes``. Methods are kept in upper case and compared
-    without case; the path must be canonical, as ``route_paths`` makes request paths."""
+    """A per-route scope rule: requests whose path matches ``path`` (a glob: ``**`` any number of segments,
+    so ``/x/**`` also covers ``/x``; ``*`` within one segment; ``?`` one character; a trailing slash optional
+    on either side) and whose method is one of ``methods`` (all when empty) need every scope of ``scopes``.
+    Methods are kept in upper case and compared without case; the path must be canonical, as
+    ``route_paths`` makes request paths."""
 
     path: str
     scopes: tuple[str, ...]
@@ -221,6 +265,8 @@ class Route:
     def __post_init__(self) -> None:
         if not all(_METHOD.fullmatch(m) for m in self.methods):
             raise ValueError("a route's methods must be HTTP method names")
+        if any("**" in glob and glob != "**" for glob in _glob_segments(self.path)):
+            raise ValueError("`**` in a route's path must be a whole segment")
         literal = self.path.replace("?", "_")  # the glob's `?` is one character, not a query
         if route_paths(literal) != (literal,):
             raise ValueError("a route's path must be canonical: no dot segments, `//`, escapes or `\\`")
@@ -228,7 +274,7 @@ class Route:
 
     def matches(self, method: str, path: str) -> bool:
         """``method`` in upper case, ``path`` one of ``route_paths``."""
-        return (not self.methods or method in self.methods) and _glob(self.path).fullmatch(path) is not None
+        return (not self.methods or method in self.methods) and _glob_matches(_glob_segments(self.path), path)
 
 
 def _route_scopes(routes: tuple[Route, ...], method: str | None, path: str | None) -> tuple[str, ...] | str:

@@ -70,6 +70,34 @@ def test_glob_coverage(rule, path, covered):
     assert Route(rule, ("s",)).matches("GET", path) is covered
 
 
+GLOB_SEGMENTS = ["a", "b", "ab", "*", "?", "**", "a*", "*b", "a?b", "*a*", "?*?", "**"]
+PATH_SEGMENTS = ["a", "b", "ab", "aab", "ba", "abab", "", "x"]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(GLOB_SEGMENTS), max_size=5), st.lists(st.sampled_from(PATH_SEGMENTS), max_size=6),
+       st.booleans())
+def test_globs_match_as_the_regular_expression_they_stand_for(globs, segments, trailing_slash):
+    rule, path = "/" + "/".join(globs), "/" + "/".join(segments) + ("/" if trailing_slash else "")
+    segment = {"*": "[^/]*", "?": "[^/]"}
+    expression = "".join("(?:/[^/]*)*" if glob == "**" else "/" + "".join(segment.get(c, c) for c in glob)
+                         for glob in globs)
+    assert Route(rule, ("s",)).matches("GET", path) is (re.fullmatch(expression, path.rstrip("/")) is not None)
+
+
+def test_a_long_path_is_matched_in_one_pass():
+    """A regular expression with several `.*` takes hours on this; the matcher runs through it once."""
+    rule = Route("/**/a/**/b/**/c/*a*a*a*b", ("s",))
+    assert not rule.matches("GET", "/a" * 20_000 + "/b" * 20_000 + "/c/" + "a" * 20_000)
+    assert rule.matches("GET", "/a" * 20_000 + "/b" * 20_000 + "/c/" + "a" * 20_000 + "b")
+
+
+def test_a_double_star_inside_a_segment_is_refused_at_load():
+    for path in ("/api**", "/a/**b", "/a/b**/c"):
+        with pytest.raises(ValueError):
+            Route(path, ("s",))
+
+
 # -- the method -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method, reason", [

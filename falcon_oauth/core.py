@@ -255,8 +255,8 @@ class Route:
     """A per-route scope rule: requests whose path matches ``path`` (a glob: ``**`` any number of segments,
     so ``/x/**`` also covers ``/x``; ``*`` within one segment; ``?`` one character; a trailing slash optional
     on either side) and whose method is one of ``methods`` (all when empty) need every scope of ``scopes``.
-    Methods are kept in upper case and compared without case; the path must be canonical, as
-    ``route_paths`` makes request paths."""
+    Methods are kept in upper case and compared without case, and GET brings HEAD; the path must be
+    canonical, as ``route_paths`` makes request paths."""
 
     path: str
     scopes: tuple[str, ...]
@@ -270,7 +270,10 @@ class Route:
         literal = self.path.replace("?", "_")  # the glob's `?` is one character, not a query
         if route_paths(literal) != (literal,):
             raise ValueError("a route's path must be canonical: no dot segments, `//`, escapes or `\\`")
-        object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
+        methods = {m.upper() for m in self.methods}
+        if "GET" in methods:  # servers answer HEAD with their GET route (RFC 9110 §9.3.2)
+            methods.add("HEAD")
+        object.__setattr__(self, "methods", frozenset(methods))
 
     def matches(self, method: str, path: str) -> bool:
         """``method`` in upper case, ``path`` one of ``route_paths``."""

@@ -110,6 +110,13 @@ def test_a_method_is_a_token_compared_without_case_and_never_trimmed(method, rea
     assert decide(ORDERS, method, "/api/orders/1").reason == reason
 
 
+def test_a_get_rule_covers_head_which_servers_route_to_get():
+    policy = Policy(routes=(Route("/admin/**", ("admin",), frozenset({"get"})),))
+    assert decide(policy, "HEAD", "/admin/users").reason == "insufficient_scope"
+    assert decide(policy, "head", "/admin/users").reason == "insufficient_scope"
+    assert decide(policy, "POST", "/admin/users").authenticated
+
+
 def test_a_method_that_is_a_token_but_not_the_rules_skips_it():
     assert decide(ORDERS, "GET", "/api/orders/1").authenticated
     assert decide(ORDERS, "PATCH", "/api/orders/1").authenticated
@@ -129,6 +136,7 @@ def test_rules_load_only_in_canonical_form(tmp_path):
         assert error.value.key == "ROUTES"
     loaded = load_settings({**env, "ROUTES": '[{"path": "/a?c/**", "methods": "post get"}]'}).routes
     assert loaded == (Route("/a?c/**", (), frozenset({"POST", "GET"})),)
+    assert loaded[0].methods == {"POST", "GET", "HEAD"}
 
 
 # -- properties: an independent model of how a server may read a path -----------------------------------

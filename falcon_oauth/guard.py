@@ -6,7 +6,9 @@
    another spelling, and a server or router that normalises differently cannot be steered to a resource
    this way. (Falcon's router strips leading slashes and the servers decode ``%XX`` before the app sees
    ``PATH_INFO`` or ``path``; the raw target is gunicorn's ``RAW_URI`` (uWSGI's ``REQUEST_URI``) in WSGI and
-   ``raw_path`` in ASGI. A server that gives neither leaves the decoded path to check.)
+   ``raw_path`` in ASGI. A server that gives neither leaves the decoded path to check. uvicorn's httptools
+   parser drops a fragment and an absolute-form's scheme and host from ``raw_path``; h11 and gunicorn keep
+   them, and they are refused here.)
 2. After routing, the plugin's key is checked on the route the router chose, never on the path string:
    every route under ``/plugin/``, and ``/metrics`` when ``METRICS_REQUIRE_KEY=true``. The key is
    ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, compared in constant time. In the host dialect

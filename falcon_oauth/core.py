@@ -88,7 +88,7 @@ class Undecided(Exception):
 class PluginRequest(NamedTuple):
     dialect: Dialect
     token: str | None
-    problem: str | None = None  # MISSING_TOKEN or INVALID_TOKEN when there is no usable token
+    problem: str | None = None  # why there is no usable token: MISSING_TOKEN, INVALID_TOKEN, INVALID_REQUEST_*
     method: str | None = None
     path: str | None = None  # the request target as sent, without its query; see route_paths
     request_id: str | None = None
@@ -467,8 +467,8 @@ def _parse_host(body: dict[str, Any], token_max_length: int) -> PluginRequest:
     custom_authorization = _get(custom, "authorization", str, "context.custom.")
     query_token = query.get("access_token")
     if query_token is None and uri and "access_token=" in uri:
-        query = uri.partition("#")[0].partition("?")[2]  # an origin-form target, never a URL with a host
-        query_token = (parse_qs(query).get("access_token") or [None])[0]
+        target_query = uri.partition("#")[0].partition("?")[2]  # origin-form, never a URL with a host
+        query_token = (parse_qs(target_query).get("access_token") or [None])[0]
     token = (_bearer(headers.get("authorization")) or custom_token or _bearer(custom_authorization)
              or query_token)
     return _with_token(Dialect.HOST, token, token_max_length, method, uri, request_id)

@@ -12,6 +12,7 @@ import orjson
 
 from falcon_oauth import resources as r
 from falcon_oauth.cache import VerdictCache
+from falcon_oauth.guard import Guard
 from falcon_oauth.introspect import AsyncAuthenticator, Authenticator
 from falcon_oauth.settings import Settings, is_loopback
 
@@ -28,10 +29,7 @@ def create_app(settings: Settings, *, asgi: bool, transport: Any = None) -> falc
         log.warning("the authorization server is reached over plain http on a non-loopback address: tokens "
                     "and the client secret cross the network unencrypted; use https")
     cache = VerdictCache(settings)
-    middleware: list[Any] = []
-    if settings.plugin_api_key:
-        protected = ("/plugin/", "/metrics") if settings.metrics_require_key else ("/plugin/",)
-        middleware.append(r.RequireApiKey(settings.plugin_api_key, protected))
+    middleware: list[Any] = [Guard(settings.plugin_api_key, settings.metrics_require_key)]
     if asgi:
         driver: Any = AsyncAuthenticator(settings, cache, transport)
         middleware.insert(0, r.Lifespan(driver))

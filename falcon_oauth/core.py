@@ -5,6 +5,7 @@
   turned into an ``Introspected`` record (or ``Undecided`` when the server's answer cannot be trusted).
 - ``userinfo_request`` / ``merge_userinfo``: the optional OpenID Connect userinfo step.
 - ``decide``: an ``Introspected`` record + the clock → a ``Verdict``; run on every request, cached or not.
+- ``route_paths``: the request's path as route rules see it (canonical, or refused as ambiguous).
 - ``cache_ttl``: how long an ``Introspected`` record may be kept.
 - ``render_*``: a verdict or an undecided outcome → the answer in the request's dialect.
 
@@ -16,12 +17,13 @@ from __future__ import annotations
 import base64
 import functools
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, NamedTuple
-from urllib.parse import parse_qs, quote_plus, urlsplit
+from urllib.parse import parse_qs, quote_plus, unquote, urlsplit
 
 import orjson
 
@@ -39,6 +41,8 @@ INSUFFICIENT_SCOPE = "insufficient_scope"
 INVALID_AUDIENCE = "invalid_audience"
 INVALID_ISSUER = "invalid_issuer"
 INVALID_TOKEN_TYPE = "invalid_token_type"
+INVALID_REQUEST_PATH = "invalid_request_path"  # ROUTES set, and the path is missing or ambiguous
+INVALID_REQUEST_METHOD = "invalid_request_method"  # ROUTES set, and the method is missing or not a token
 # ... and of "cannot decide" (HTTP 503).
 AUTH_SERVER_UNAVAILABLE = "auth_server_unavailable"
 AUTH_SERVER_ERROR = "auth_server_error"
@@ -84,9 +88,9 @@ class Undecided(Exception):
 class PluginRequest(NamedTuple):
     dialect: Dialect
     token: str | None
-    problem: str | None = None  # MISSING_TOKEN or INVALID_TOKEN when there is no usable token
+    problem: str | None = None  # why there is no usable token: MISSING_TOKEN, INVALID_TOKEN, INVALID_REQUEST_*
     method: str | None = None
-    path: str | None = None
+    path: str | None = None  # the request target as sent, without its query; see route_paths
     request_id: str | None = None
 
 
@@ -128,27 +132,169 @@ class Verdict(NamedTuple):
     detail: Mapping[str, Any] = _EMPTY  # e.g. the missing scopes of a rejection
 
 
+# -- the request a route rule is matched against ----------------------------------------------------------
+
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 9110 token (tchar+)
+# In the decoded path: characters that servers read differently (controls and spaces, which some trim or
+# cut at; `\`, which some take for `/`; `;`, whose parameters some strip; `%` left over, which a second
+# decoding turns into another escape; `?` and `#`, which a server that decodes first takes for delimiters).
+_AMBIGUOUS = re.compile(r"[\x00-\x20\x7f\\;%?#]")
+_ENCODED_SLASH_OR_DOT = re.compile(r"%2f|/(?:%2e(?:\.|%2e)?|\.%2e)(?=/|$)", re.IGNORECASE)
+_SLASHES = re.compile(r"/{2,}")
+
+
+def route_paths(target: str | None) -> tuple[str, ...] | None:
+    """The paths a request target (origin-form, as in ``uri`` or ``context.uri``) may name, canonical first,
+    or None when it is ambiguous. Its query is ignored.
+
+    The canonical path is percent-decoded (only UTF-8), with repeated slashes collapsed and dot segments
+    resolved (RFC 3986 §5.2.4). A server may skip either step, so a path with dot segments or repeated
+    slashes also names its other readings; a route rule that matches any of them applies.
+
+    Ambiguous: no leading ``/`` (``admin/x``, ``http://host/x``, ``*``); an encoded ``/``, or an encoded
+    dot segment (``%2e``: a server may resolve dot segments before it decodes); anything ``_AMBIGUOUS``
+    finds, raw or encoded; non-ASCII that is invisible, a space or changed by NFKC normalisation; a ``..``
+    beside an empty segment (a server that merges slashes first resolves it elsewhere).
+    """
+    if target is None:
+        return None
+    path = target.partition("?")[0]
+    if not path.startswith("/") or _ENCODED_SLASH_OR_DOT.search(path):
+        return None
+    try:
+        text = unquote(path, errors="strict")
+    except UnicodeDecodeError:
+        return None
+    if _AMBIGUOUS.search(text) or not (text.isascii() or _plain_unicode(text)):
+        return None
+    if "//" not in text and "/." not in text:
+        return (text,)
+    if ".." in text.split("/") and "//" in text:
+        return None
+    resolved = _remove_dot_segments(text.split("/"))
+    return tuple(dict.fromkeys((_SLASHES.sub("/", resolved), resolved, _SLASHES.sub("/", text), text)))
+
+
+def _plain_unicode(text: str) -> bool:
+    """No invisible or separator character, and nothing NFKC would turn into something else (a fullwidth
+    ``ａ`` into ``a``, a fullwidth ``／`` into ``/``)."""
+    if any(unicodedata.category(c)[0] in "CZ" for c in text if not c.isascii()):
+        return False
+    return unicodedata.normalize("NFKC", text) == text
+
+
+def _remove_dot_segments(segments: list[str]) -> str:
+    """RFC 3986 §5.2.4 for an absolute path, given split on ``/``."""
+    output: list[str] = []
+    last = len(segments) - 1
+    for i, segment in enumerate(segments[1:], 1):
+        if segment == "..":
+            if output:
+                output.pop()
+        elif segment != ".":
+            output.append(segment)
+            continue
+        if i == last:  # `/a/..` and `/a/.` end in a slash
+            output.append("")
+    return "/" + "/".join(output)
+
+
+# Globs are matched segment by segment, in time linear in the path: a regular expression with several
+# `.*` or `[^/]*` backtracks polynomially, and a long path would hold a worker for seconds.
+
 @functools.cache
-def _glob(pattern: str) -> re.Pattern[str]:
-    """``*`` matches within one path segment, ``**`` across segments, ``?`` one character."""
-    parts = re.split(r"(\*\*|\*|\?)", pattern)
-    table = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
-    return re.compile("".join(table.get(part, re.escape(part)) for part in parts))
+def _glob_segments(pattern: str) -> tuple[str, ...]:
+    """A rule's path as segments; a trailing slash is optional, so it is dropped."""
+    return tuple(pattern.rstrip("/").split("/")[1:])
+
+
+@functools.cache
+def _pieces(glob: str) -> tuple[tuple[int, re.Pattern[str]], ...]:
+    """One segment's glob as the pieces between its ``*``: each a fixed length, ``?`` one character."""
+    return tuple((len(piece), re.compile(re.escape(piece).replace(r"\?", "."))) for piece in glob.split("*"))
+
+
+def _segment_matches(glob: str, segment: str) -> bool:
+    (head, first), *rest = _pieces(glob)
+    if not rest:
+        return first.fullmatch(segment) is not None
+    *middle, (tail, last) = rest
+    end = len(segment) - tail
+    if end < head or not first.match(segment) or not last.fullmatch(segment, end):
+        return False
+    position = head
+    for _, piece in middle:  # leftmost placement leaves the most room to the pieces after it
+        found = piece.search(segment, position, end)
+        if found is None:
+            return False
+        position = found.end()
+    return True
+
+
+def _glob_matches(globs: tuple[str, ...], path: str) -> bool:
+    """``**`` is any number of segments (none included), ``*`` any run of characters within one, ``?`` one
+    character. Runs through the path once, keeping the positions in ``globs`` it may have reached."""
+    def closure(states: set[int]) -> set[int]:
+        for i in sorted(states):
+            while i < len(globs) and globs[i] == "**":
+                i += 1
+                states.add(i)
+        return states
+
+    states = closure({0})
+    for segment in path.rstrip("/").split("/")[1:]:
+        states = closure({i if globs[i] == "**" else i + 1 for i in states
+                          if i < len(globs) and (globs[i] == "**" or _segment_matches(globs[i], segment))})
+        if not states:
+            return False
+    return len(globs) in states
 
 
 @dataclass(frozen=True)
 class Route:
-    """A per-route scope rule: requests whose path matches ``path`` (a glob) and whose method is one of
-    ``methods`` (all when empty) need every scope of ``scopes``."""
+    """A per-route scope rule: requests whose path matches ``path`` (a glob: ``**`` any number of segments,
+    so ``/x/**`` also covers ``/x``; ``*`` within one segment; ``?`` one character; a trailing slash optional
+    on either side) and whose method is one of ``methods`` (all when empty) need every scope of ``scopes``.
+    Methods are kept in upper case and compared without case, and GET brings HEAD; the path must be
+    canonical, as ``route_paths`` makes request paths."""
 
     path: str
     scopes: tuple[str, ...]
     methods: frozenset[str] = frozenset()
 
-    def matches(self, method: str | None, path: str | None) -> bool:
-        if path is None or (self.methods and (method or "").upper() not in self.methods):
-            return False
-        return _glob(self.path).fullmatch(path) is not None
+    def __post_init__(self) -> None:
+        if not all(_METHOD.fullmatch(m) for m in self.methods):
+            raise ValueError("a route's methods must be HTTP method names")
+        if any("**" in glob and glob != "**" for glob in _glob_segments(self.path)):
+            raise ValueError("`**` in a route's path must be a whole segment")
+        literal = self.path.replace("?", "_")  # the glob's `?` is one character, not a query
+        if route_paths(literal) != (literal,):
+            raise ValueError("a route's path must be canonical: no dot segments, `//`, escapes or `\\`")
+        methods = {m.upper() for m in self.methods}
+        if "GET" in methods:  # servers answer HEAD with their GET route (RFC 9110 §9.3.2)
+            methods.add("HEAD")
+        object.__setattr__(self, "methods", frozenset(methods))
+
+    def matches(self, method: str, path: str) -> bool:
+        """``method`` in upper case, ``path`` one of ``route_paths``."""
+        return (not self.methods or method in self.methods) and _glob_matches(_glob_segments(self.path), path)
+
+
+def _route_scopes(routes: tuple[Route, ...], method: str | None, path: str | None) -> tuple[str, ...] | str:
+    """The scopes the route rules require of a request, or the reason the request cannot be matched: each
+    reading of its path (``route_paths``) adds the scopes of the first rule it matches."""
+    paths = route_paths(path)
+    if paths is None:
+        return INVALID_REQUEST_PATH
+    if method is None or not _METHOD.fullmatch(method):
+        return INVALID_REQUEST_METHOD
+    method = method.upper()
+    required: tuple[str, ...] = ()
+    for reading in paths:
+        route = next((r for r in routes if r.matches(method, reading)), None)
+        if route is not None:
+            required += tuple(s for s in route.scopes if s not in required)
+    return required
 
 
 @dataclass(frozen=True)
@@ -175,6 +321,9 @@ def _has_scope(held: set[str], required: str) -> bool:
 def check_policy(claims: Mapping[str, Any], policy: Policy, method: str | None,
                  path: str | None) -> tuple[str, dict[str, Any]] | None:
     """The reason (and detail) a token fails local policy, or None when it passes."""
+    routed = _route_scopes(policy.routes, method, path) if policy.routes else ()
+    if isinstance(routed, str):
+        return routed, {}
     token_type = claims.get("token_type")
     if isinstance(token_type, str) and token_type.lower() not in policy.token_types:
         return INVALID_TOKEN_TYPE, {}
@@ -188,11 +337,7 @@ def check_policy(claims: Mapping[str, Any], policy: Policy, method: str | None,
         audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
         if not set(audiences) & set(policy.audiences):
             return INVALID_AUDIENCE, {}
-    required = policy.required_scopes
-    for route in policy.routes:  # the first route that matches
-        if route.matches(method, path):
-            required += tuple(s for s in route.scopes if s not in required)
-            break
+    required = policy.required_scopes + tuple(s for s in routed if s not in policy.required_scopes)
     if required:
         scope = claims.get("scope")
         held = set(scope.split()) if isinstance(scope, str) else set()
@@ -239,17 +384,25 @@ def _too_deep(value: Any, depth: int) -> bool:
     return False
 
 
-def parse_plugin_request(body: Any, token_max_length: int) -> PluginRequest:
-    """Which dialect, which token. Raises BadRequest for a body of neither shape or of wrong types."""
+def parse_plugin_request(body: Any, token_max_length: int, policy: Policy | None = None) -> PluginRequest:
+    """Which dialect, which token. Raises BadRequest for a body of neither shape or of wrong types. With a
+    ``policy`` that has route rules, a request whose method or path they cannot be matched against has no
+    usable token either (its ``problem`` says why), so it is refused without a call out."""
     if not isinstance(body, dict):
         raise BadRequest("invalid_request", "the request body must be a JSON object")
     if body.get("credentials") is not None:
-        return _parse_sdk(body, token_max_length)
-    context = body.get("context")
-    if (isinstance(context, dict) and "plugin_id" in context) or "method" in body or "uri" in body:
-        return _parse_host(body, token_max_length)
-    raise BadRequest("unknown_dialect", "expected a `credentials` object (SDK dialect) or "
-                     "`context.plugin_id` / `method` / `uri` (host dialect)")
+        request = _parse_sdk(body, token_max_length)
+    else:
+        context = body.get("context")
+        if not ((isinstance(context, dict) and "plugin_id" in context) or "method" in body or "uri" in body):
+            raise BadRequest("unknown_dialect", "expected a `credentials` object (SDK dialect) or "
+                             "`context.plugin_id` / `method` / `uri` (host dialect)")
+        request = _parse_host(body, token_max_length)
+    if request.token is not None and policy is not None and policy.routes:
+        routed = _route_scopes(policy.routes, request.method, request.path)
+        if isinstance(routed, str):
+            return request._replace(token=None, problem=routed)
+    return request
 
 
 def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -314,7 +467,8 @@ def _parse_host(body: dict[str, Any], token_max_length: int) -> PluginRequest:
     custom_authorization = _get(custom, "authorization", str, "context.custom.")
     query_token = query.get("access_token")
     if query_token is None and uri and "access_token=" in uri:
-        query_token = (parse_qs(urlsplit(uri).query).get("access_token") or [None])[0]
+        target_query = uri.partition("#")[0].partition("?")[2]  # origin-form, never a URL with a host
+        query_token = (parse_qs(target_query).get("access_token") or [None])[0]
     token = (_bearer(headers.get("authorization")) or custom_token or _bearer(custom_authorization)
              or query_token)
     return _with_token(Dialect.HOST, token, token_max_length, method, uri, request_id)
@@ -332,7 +486,7 @@ def _bearer(authorization: str | None) -> str | None:
 
 def _with_token(dialect: Dialect, token: str | None, max_length: int, method: str | None,
                 uri: str | None, request_id: str | None) -> PluginRequest:
-    path = urlsplit(uri).path if uri else None
+    path = None if uri is None else uri.partition("?")[0]
     if token is None:
         return PluginRequest(dialect, None, MISSING_TOKEN, method, path, request_id)
     if len(token) > max_length or not _B64TOKEN.fullmatch(token):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from falcon_oauth.__main__ import check_settings
 
-_settings = check_settings()
+_settings = check_settings(with_logging=True)  # logging first: discovery logs the endpoints it uses
 
 bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))

@@ -108,7 +108,7 @@ class _Driver:
         self.last_problem: str | None = None
 
     def _parse(self, raw: bytes) -> PluginRequest:
-        return core.parse_plugin_request(core.parse_body(raw), self.settings.token_max_length)
+        return core.parse_plugin_request(core.parse_body(raw), self.settings.token_max_length, self.policy)
 
     def _introspection_request(self, token: str, bearer: str | None) -> HttpRequest:
         s = self.settings

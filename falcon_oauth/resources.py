@@ -6,7 +6,6 @@ module's functions and the twins differ only by ``await``.
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import falcon
@@ -191,41 +190,6 @@ class AsyncPurge(Purge):
         except core.BadRequest as error:
             raise _bad_request(error) from None
         _purged(resp, token, await self.driver.purge(token))
-
-
-class RequireApiKey:
-    """``/plugin/*`` needs the plugin's key as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``,
-    compared in constant time. In the host dialect that Authorization header is this key, never a user's
-    token: the token is only ever read from the body."""
-
-    def __init__(self, api_key: str, prefixes: tuple[str, ...] = ("/plugin/",)) -> None:
-        self.key = api_key.encode()
-        self.prefixes = prefixes
-
-    def _allowed(self, req: falcon.Request) -> bool:
-        if not req.path.startswith(self.prefixes):
-            return True
-        presented = [req.get_header("X-API-Key") or ""]
-        scheme, _, credentials = (req.get_header("Authorization") or "").partition(" ")
-        if scheme.lower() == "bearer":
-            presented.append(credentials.strip())
-        ok = False
-        for value in presented:
-            ok |= hmac.compare_digest(value.encode(), self.key)
-        return ok
-
-    def _refuse(self) -> falcon.HTTPError:
-        return falcon.HTTPUnauthorized(title="unauthorized",
-                                       description="this plugin needs its API key (Bearer or X-API-Key)",
-                                       challenges=["Bearer"])
-
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if not self._allowed(req):
-            raise self._refuse()
-
-    async def process_request_async(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if not self._allowed(req):
-            raise self._refuse()
 
 
 class Lifespan:

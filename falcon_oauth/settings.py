@@ -241,7 +241,7 @@ def _routes(value: Any) -> tuple[Route, ...]:
         methods = methods.split() if isinstance(methods, str) else methods
         if not all(isinstance(x, str) for x in [*scopes, *methods]):
             raise ValueError
-        routes.append(Route(rule["path"], tuple(scopes), frozenset(m.upper() for m in methods)))
+        routes.append(Route(rule["path"], tuple(scopes), frozenset(methods)))  # Route validates
     return tuple(routes)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}

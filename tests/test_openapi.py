@@ -74,6 +74,13 @@ def test_every_answer_matches_the_document(make_client, document):
     scoped = make_client(fake_settings(REQUIRED_SCOPES="admin"), FakeAuthServer(auth_server))
     answers += [scoped.simulate_post(post, json=contract("host_request_query_token.json", "good")),
                 scoped.simulate_post(post, json=contract("sdk_request_valid.json", "good"))]
+    routed = make_client(fake_settings(ROUTES='[{"path": "/admin/**", "scopes": ["admin"]}]'),
+                         FakeAuthServer(auth_server))
+    answers += [routed.simulate_post(post, json={"method": "GET", "uri": "/admin%2Fx", "context": {"custom": {
+                    "token": "good"}}}),
+                routed.simulate_post(post, json={"context": {"method": " GET", "uri": "/x"},
+                                                 "credentials": {"token": "good"}}),
+                keyed.simulate_post("/" + post, json=contract("sdk_request_valid.json", "good"), headers=key)]
     answers += [keyed.simulate_post(post, body=b"{", headers={**key, "Content-Type": "application/json"}),
                 keyed.simulate_post(post, body=b"x" * 70000, headers={**key, "Content-Type": "application/json"}),
                 keyed.simulate_post(post, body=b"token=x", headers={**key, "Content-Type": "text/plain"}),
@@ -93,6 +100,9 @@ def test_every_answer_matches_the_document(make_client, document):
 
     for path in ("/health", "/health/ready", "/metrics", "/openapi.json"):
         check(document, path, "get", keyed.simulate_get(path))
+        refused = keyed.simulate_get("/." + path)
+        assert refused.status_code == 400 and refused.json["error"] == "non_canonical_path"
+        check(document, path, "get", refused)
     down = make_client(fake_settings(), FakeAuthServer(lambda request: httpx.Response(503)))
     unready = down.simulate_get("/health/ready")
     assert unready.status_code == 503

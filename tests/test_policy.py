@@ -48,7 +48,7 @@ ROUTES = (Route("/admin/**", ("admin",)),
     ("POST", "/api/orders/1", "orders:write", True), ("POST", "/api/orders/1", "orders:read", False),
     ("GET", "/api/orders/1", "orders:read", True), ("GET", "/api/orders/1", "orders:write", False),
     ("get", "/api/orders/1", "orders:read", True), ("GET", "/api/orders/1/items", "", True),
-    ("GET", "/elsewhere", "", True), (None, None, "", True),
+    ("GET", "/elsewhere", "", True), ("GET", None, "", False), (None, "/elsewhere", "", False),
 ])
 def test_first_matching_route_wins(method, path, scope, ok):
     assert verdict({"scope": scope}, Policy(routes=ROUTES), method, path).authenticated is ok

@@ -14,8 +14,7 @@ import pytest
 
 from falcon_oauth.app import create_app
 from falcon_oauth.settings import load_settings
-from tests.conftest import stop
-from tests.test_servers import start
+from tests.conftest import start, stop
 
 API_KEY = "guard-key-0123456789"
 KEY = {"X-API-Key": API_KEY}
@@ -178,6 +177,7 @@ SERVERS = {
 }
 
 
+@pytest.mark.integration  # server processes
 @pytest.mark.parametrize("server", list(SERVERS))
 def test_real_servers_send_every_spelling_to_the_guard(server, keyed_env):
     process, url = start(SERVERS[server], keyed_env)

@@ -1,8 +1,8 @@
 """The verdict cache: a dogpile.cache region chosen by settings (memory, memcached or null).
 
 - Keys are a keyed BLAKE2b-256 of the token (a MAC) under a key derived from ``CACHE_KEY_SECRET``, bound to
-  the introspection endpoint, the key format and (memcached) a generation that ``clear()`` bumps: the
-  region's key mangler.
+  everything that changes what is stored for a token (``binding``), the key format and (memcached) a
+  generation that ``clear()`` bumps: the region's key mangler.
 - memcached values are JSON ``{"record", "expires_at", "stored_at"}``, sealed (``falcon_oauth.seal``:
   AES-256-GCM, the cache key as associated data) and hold no token. The client's serde hands back bytes
   whatever the flags (never pickle). A value that does not open is a miss, counted and logged at most once
@@ -37,7 +37,7 @@ from falcon_oauth.settings import Settings
 
 log = logging.getLogger("falcon_oauth.cache")
 
-KEY_FORMAT = "fo3"  # fo3: sealed values, keys under an HKDF-derived key (fo2: JSON values in the clear)
+KEY_FORMAT = "fo3"  # fo3: sealed values, keys bound to ``binding`` (fo2: JSON in the clear, introspection URL)
 LOG_INTERVAL = 60.0  # at most one line a minute about cache faults, and one about rejected values
 GENERATION_REFRESH = 1.0
 
@@ -162,6 +162,15 @@ def region_config(settings: Settings) -> dict[str, Any]:
     return {"cache.backend": "dogpile.cache.null"}
 
 
+def binding(settings: Settings) -> bytes:
+    """Everything that changes what is stored for a token: where and as whom the plugin asks (the service
+    token's endpoint, scope and audience with CLIENT_AUTH_METHOD=bearer), and what userinfo adds. Keys are
+    bound to it, so configurations that differ in any of it never share an entry."""
+    return orjson.dumps([settings.introspection_url, settings.userinfo_url, settings.userinfo_required,
+                         settings.oauth_client_id, settings.client_auth_method, settings.token_url,
+                         settings.token_scope, settings.token_audience])
+
+
 def lock_timeout(settings: Settings) -> int:
     calls = 2 if settings.userinfo_endpoint else 1
     return math.ceil(settings.auth_server_timeout * calls) + 1
@@ -184,7 +193,7 @@ class VerdictCache:
         secret = settings.cache_key_secret or f"{settings.oauth_client_id}\0{settings.oauth_client_secret}"
         # keyed BLAKE2b (RFC 7693), a MAC by design: a fifth of HMAC-SHA256's cost here, where OpenSSL's
         # per-call set-up dominates; the keyed state is made once and copied for each key
-        self._mac = hashlib.blake2b(f"{settings.introspection_url}\0".encode(), digest_size=32,
+        self._mac = hashlib.blake2b(binding(settings), digest_size=32,
                                     key=derive_key(secret, f"falcon-oauth {KEY_FORMAT} cache keys"))
         self._generation_key = f"{KEY_FORMAT}:gen:" + self._digest("generation")
         self._generation = 0

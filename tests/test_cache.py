@@ -265,14 +265,22 @@ def test_memcached_holds_no_token_no_claim_and_no_secret(make_client, authserver
         assert all(text not in k and text.encode() not in v for k, v in pairs), text
 
 
-def test_keys_are_bound_to_the_secret_and_the_endpoint(standin):
-    base = load_settings(standin.environ())
+def test_keys_are_bound_to_the_secret_and_to_what_changes_a_verdict(standin):
+    base = load_settings(standin.environ(CACHE_KEY_SECRET="a-cache-key-secret"))
     key = VerdictCache(base).key("tok")
     assert "tok" not in key and key.startswith(f"{KEY_FORMAT}:")
     assert VerdictCache(base).key("tok") == key
-    assert VerdictCache(base.replace(cache_key_secret="another-secret")).key("tok") != key
-    assert VerdictCache(base.replace(introspection_endpoint="/other")).key("tok") != key
-    assert VerdictCache(base.replace(oauth_client_secret="rotated")).key("tok") != key
+    assert VerdictCache(base.replace(oauth_client_secret="rotated")).key("tok") == key  # the secret is set
+    changes = [{"cache_key_secret": "another-secret"}, {"introspection_endpoint": "/other"},
+               {"userinfo_endpoint": "/userinfo"}, {"userinfo_required": True, "userinfo_endpoint": "/userinfo"},
+               {"oauth_client_id": "another-client"}, {"client_auth_method": "client_secret_post"},
+               {"client_auth_method": "bearer", "token_endpoint": "/token"},
+               {"client_auth_method": "bearer", "token_endpoint": "/token", "token_scope": "introspect"},
+               {"client_auth_method": "bearer", "token_endpoint": "/token", "token_audience": "api"}]
+    keys = {VerdictCache(base.replace(**change)).key("tok") for change in changes}
+    assert len(keys) == len(changes) and key not in keys
+    unset = base.replace(cache_key_secret=None)  # the fallback secret: the client credentials
+    assert VerdictCache(unset.replace(oauth_client_secret="rotated")).key("tok") != VerdictCache(unset).key("tok")
 
 
 def test_a_value_that_fails_to_decode_is_a_miss(standin, memcached):

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from falcon_oauth.cache import VerdictCache
 from falcon_oauth.core import Introspected
 from falcon_oauth.settings import load_settings
-from tests.test_cache import ask
+from tests.test_cache import ask, memcached_dump
 
 
 def rejected_values() -> float:
@@ -161,3 +161,25 @@ def test_rotating_cache_key_secret_turns_old_entries_into_misses(make_client, st
           read(memcached.server, VerdictCache(old).key("good-rotated")))
     assert ask(after_rotation, "inactive-rotated")["authenticated"] is False
     assert rejected_values() == before + 1
+
+
+@pytest.mark.parametrize("difference", [
+    {"USERINFO_ENDPOINT": "/me"},
+    {"USERINFO_REQUIRED": "true"},
+    {"OAUTH_CLIENT_ID": "mockforge-post", "OAUTH_CLIENT_SECRET": "post-secret",
+     "CLIENT_AUTH_METHOD": "client_secret_post"},
+], ids=["userinfo", "userinfo-required", "client-id"])
+def test_configurations_that_differ_never_share_entries(make_client, authserver, memcached, difference):
+    """Two instances on one memcached with one CACHE_KEY_SECRET, differing in one setting that changes a
+    verdict: neither answers from the other's entry."""
+    common = {"CACHE_BACKEND": "memcached", "MEMCACHED_SERVERS": memcached.server,
+              "CACHE_KEY_SECRET": "one-secret-for-both-instances", "USERINFO_ENDPOINT": "/me"}
+    if "USERINFO_ENDPOINT" in difference:
+        del common["USERINFO_ENDPOINT"]
+    first = make_client(authserver.settings(**common))
+    second = make_client(authserver.settings(**{**common, **difference}))
+    token = authserver.user_token("user-7", "openid email profile read")
+    assert [ask(first, token)["metadata"]["cache"] for _ in range(2)] == ["miss", "hit"]
+    assert [ask(second, token)["metadata"]["cache"] for _ in range(2)] == ["miss", "hit"]
+    entries = [key for key, _ in memcached_dump(memcached.server) if key.startswith("fo3:")]
+    assert len(entries) == 2

@@ -9,7 +9,7 @@
   a minute; one that opens still lives at most ``CACHE_TTL`` (``CACHE_NEGATIVE_TTL`` if inactive) from
   when it was stored, whatever its ``expires_at`` says.
 - The memory backend keeps the record object itself, in a bounded, thread-safe LRU mapping (dogpile's own
-  dict never evicts).
+  dict never evicts); its purges reach every worker process through ``falcon_oauth.purges``.
 - The memcached backend is dogpile's pymemcache backend with socket timeouts.
 - A cache fault is never a request fault: it is counted, logged at most once a minute, and reads as a miss.
 """
@@ -32,6 +32,7 @@ from dogpile.cache.backends.memcached import MemcachedLock, PyMemcacheBackend
 
 from falcon_oauth.core import Introspected, cache_ttl
 from falcon_oauth.metrics import CACHE_ERRORS, CACHE_REJECTED
+from falcon_oauth.purges import SharedPurges
 from falcon_oauth.seal import Sealer, SealingProxy, derive_key
 from falcon_oauth.settings import Settings
 
@@ -207,6 +208,11 @@ class VerdictCache:
             sealer = Sealer(derive_key(secret, f"falcon-oauth {KEY_FORMAT} cache values"))
             config["cache.wrap"] = [SealingProxy(sealer, self._rejected)]
         self.region = make_region(key_mangler=self.key, **serializing).configure_from_config(config, "cache.")
+        self._purges: SharedPurges | None = None
+        if settings.cache_backend == "memory":
+            entries = self.region.backend._cache
+            self._purges = SharedPurges(self._digest("purges")[:16], entries.clear,
+                                        lambda key: entries.pop(key, None))
 
     def _digest(self, message: str) -> str:
         mac = self._mac.copy()
@@ -253,6 +259,8 @@ class VerdictCache:
     def get(self, token: str) -> Introspected | None:
         if not self.blocking:  # memory: the record itself, as this process stored it, read straight from the
             # backend: the region's expiry and invalidation, its extra work per read, are not used here
+            if self._purges is not None:
+                self._purges.catch_up()
             value = self.region.backend.get(self.key(token))
             if value is NO_VALUE:
                 return None
@@ -292,24 +300,27 @@ class VerdictCache:
             self._report(exc)
 
     def delete(self, token: str) -> bool:
-        """Forget one token's entry; False when the backend could not be told. pymemcache's HashClient
-        answers its default (not an error) while it holds a server as failed, so memcached is pinged first."""
+        """Forget one token's entry (memory: in every worker process); False when the backend could not be
+        told. pymemcache's HashClient answers its default (not an error) while it holds a server as failed, so
+        memcached is pinged first."""
         if not self.ping():
             return False
         try:
             self.region.delete(token)
+            if self._purges is not None:
+                self._purges.post(self.key(token))
             return True
         except Exception as exc:
             self._report(exc)
             return False
 
     def clear(self) -> bool:
-        """Forget every entry of this deployment (memory is emptied, memcached's generation bumped); False
-        when the backend could not be told."""
+        """Forget every entry of this deployment (memory: emptied in every worker process; memcached: its
+        generation bumped); False when the backend could not be told."""
         if not self.blocking:
-            cache_dict = getattr(self.region.backend, "_cache", None)
-            if cache_dict is not None:
-                cache_dict.clear()
+            if self._purges is not None:
+                self.region.backend._cache.clear()
+                self._purges.post_all()
             return True
         if not self.ping():  # see delete()
             return False

@@ -32,7 +32,9 @@ _NONCE = bytes(12)  # fixed: every value is sealed under a key of its own
 
 
 def derive_key(secret: str, purpose: str) -> bytes:
-    return HKDF(algorithm=SHA256(), length=32, salt=None, info=purpose.encode()).derive(secret.encode())
+    # surrogateescape: a secret read from the environment may hold bytes that are not UTF-8
+    return HKDF(algorithm=SHA256(), length=32, salt=None, info=purpose.encode()).derive(
+        secret.encode("utf-8", "surrogateescape"))
 
 
 class Sealer:

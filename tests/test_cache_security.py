@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import logging
 import pickle
 import socket
 import time
@@ -125,6 +126,19 @@ def test_a_sealed_value_with_a_flipped_byte_is_a_miss(make_client, standin, memc
         assert standin.calls["good-flipped"] == calls + 1 and rejected_values() == before + 1
         plant(memcached.server, key, sealed[:position])  # truncated
         assert ask(client, "good-flipped")["metadata"] == {"cache": "miss"}, position
+
+
+def test_rejected_values_are_counted_each_and_logged_once_a_minute(standin, memcached, environ, caplog):
+    cache = VerdictCache(load_settings(environ))
+    before = rejected_values()
+    with caplog.at_level(logging.WARNING, logger="falcon_oauth.cache"):
+        for i in range(5):
+            plant(memcached.server, cache.key(f"forged-{i}"), b"not sealed by the plugin %d" % i)
+            assert cache.get(f"forged-{i}") is None
+    assert rejected_values() == before + 5
+    lines = [r.getMessage() for r in caplog.records if "failed authentication" in r.getMessage()]
+    assert len(lines) == 1
+    assert not any(cache.key(f"forged-{i}") in lines[0] or "not sealed" in lines[0] for i in range(5))
 
 
 def test_a_value_never_outlives_the_configured_bounds(standin, memcached, environ):

@@ -271,7 +271,8 @@ def test_keys_are_bound_to_the_secret_and_to_what_changes_a_verdict(standin):
     assert "tok" not in key and key.startswith(f"{KEY_FORMAT}:")
     assert VerdictCache(base).key("tok") == key
     assert VerdictCache(base.replace(oauth_client_secret="rotated")).key("tok") == key  # the secret is set
-    changes = [{"cache_key_secret": "another-secret"}, {"introspection_endpoint": "/other"},
+    changes = [{"cache_key_secret": "another-secret"}, {"cache_key_secret": "not-utf-8-\udcff"},
+               {"introspection_endpoint": "/other"},
                {"userinfo_endpoint": "/userinfo"}, {"userinfo_required": True, "userinfo_endpoint": "/userinfo"},
                {"oauth_client_id": "another-client"}, {"client_auth_method": "client_secret_post"},
                {"client_auth_method": "bearer", "token_endpoint": "/token"},

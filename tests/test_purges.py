@@ -4,7 +4,10 @@ authenticates the token again), and every instance sharing memcached."""
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -124,6 +127,26 @@ def test_other_configurations_are_not_purged(standin):
     other.set("kept", Introspected(True, {"sub": "u"}))
     one.clear()
     assert other.get("kept") is not None
+
+
+@pytest.mark.parametrize("planted", ["open-to-all", "symlink"])
+def test_a_directory_someone_else_could_use_is_refused(standin, tmp_path, monkeypatch, caplog, planted):
+    """The shared file's directory must be this user's own and private: one open to everybody, or a link
+    planted in its place, is not used; purges then stay in this process, and a WARNING says so."""
+    directory = tmp_path / f"falcon-oauth-{os.getuid()}"
+    if planted == "symlink":
+        (tmp_path / "elsewhere").mkdir()
+        directory.symlink_to(tmp_path / "elsewhere")
+    else:
+        directory.mkdir(mode=0o777)
+        directory.chmod(0o777)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where this process keeps temporary files
+    with caplog.at_level(logging.WARNING, logger="falcon_oauth.cache"):
+        cache = VerdictCache(load_settings(standin.environ(CACHE_BACKEND="memory")))
+    assert "reach only the process that receives them" in caplog.text
+    assert not any(path.name.startswith("purges-") for path in tmp_path.rglob("*"))
+    cache.set("purged", Introspected(True, {"sub": "u"}))
+    assert cache.delete("purged") and cache.get("purged") is None
 
 
 # -- memcached: every instance ----------------------------------------------------------------------------

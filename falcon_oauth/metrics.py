@@ -28,6 +28,8 @@ REJECTIONS = Counter("falcon_oauth_rejections", "Rejected tokens by reason code"
 CACHE_REQUESTS = Counter("falcon_oauth_cache_requests", "Verdict cache lookups by result (hit, miss)", ["result"])
 CACHE_ERRORS = Counter("falcon_oauth_cache_errors", "Cache backend faults (each answered from the "
                        "authorization server instead)")
+CACHE_REJECTED = Counter("falcon_oauth_cache_rejected_values", "memcached values that failed authentication "
+                         "(forged, altered or copied from another key), each read as a miss")
 INTROSPECTION_DURATION = Histogram("falcon_oauth_introspection_duration_seconds",
                                    "Calls to the authorization server (introspection and userinfo)",
                                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))

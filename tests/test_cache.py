@@ -4,7 +4,6 @@ cluster, outages, purging, and what is stored (never a token)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import threading
 import time
@@ -15,9 +14,10 @@ import falcon.testing
 import pytest
 
 from falcon_oauth.app import create_app
-from falcon_oauth.cache import VerdictCache
+from falcon_oauth.cache import KEY_FORMAT, VerdictCache
 from falcon_oauth.core import Introspected
 from falcon_oauth.settings import load_settings
+from tests.conftest import PLUGIN_CLIENT
 
 API_KEY = "purge-key-0123456789"
 
@@ -248,38 +248,49 @@ def memcached_dump(server: str) -> list[tuple[str, bytes]]:
     return pairs
 
 
-def test_memcached_holds_no_token_and_json_values(make_client, standin, memcached):
-    token = "good-secret-token-value-0123"
-    client = make_client(load_settings(standin.environ(CACHE_BACKEND="memcached", MEMCACHED_SERVERS=memcached.server)))
-    ask(client, token)
+def test_memcached_holds_no_token_no_claim_and_no_secret(make_client, authserver, memcached):
+    """Claims from introspection and userinfo, read raw from memcached, keys and values alike."""
+    token = authserver.user_token("user-42", "openid email profile read")
+    client = make_client(authserver.settings(CACHE_BACKEND="memcached", MEMCACHED_SERVERS=memcached.server,
+                                             USERINFO_ENDPOINT="/me"))
+    claims = ask(client, token)["claims"]
+    assert (claims["sub"], claims["email"], claims["name"]) == ("user-42", "ada@example.test", "Ada L.")
     pairs = memcached_dump(memcached.server)
-    assert pairs
     entries = [(k, v) for k, v in pairs if not k.startswith("_lock")]
     assert len(entries) == 1
     key, reply = entries[0]
-    assert token not in key and len(key) <= 250
-    assert token.encode() not in reply and b"standin-secret" not in reply
-    value = reply.split(b"\r\n")[1]
-    assert b'"record"' in value and b"pickle" not in value and b"\x80\x04" not in value
+    assert key.startswith("fo3:") and len(key) <= 250
+    for text in (token, "user-42", "ada@example.test", "Ada L.", "read", "mockforge", PLUGIN_CLIENT[1],
+                 '"record"', '"active"'):
+        assert all(text not in k and text.encode() not in v for k, v in pairs), text
 
 
-def test_keys_are_bound_to_the_secret_and_the_endpoint(standin):
-    base = load_settings(standin.environ())
+def test_keys_are_bound_to_the_secret_and_to_what_changes_a_verdict(standin):
+    base = load_settings(standin.environ(CACHE_KEY_SECRET="a-cache-key-secret"))
     key = VerdictCache(base).key("tok")
-    assert "tok" not in key
+    assert "tok" not in key and key.startswith(f"{KEY_FORMAT}:")
     assert VerdictCache(base).key("tok") == key
-    assert VerdictCache(base.replace(cache_key_secret="another-secret")).key("tok") != key
-    assert VerdictCache(base.replace(introspection_endpoint="/other")).key("tok") != key
-    assert VerdictCache(base.replace(oauth_client_secret="rotated")).key("tok") != key
+    assert VerdictCache(base.replace(oauth_client_secret="rotated")).key("tok") == key  # the secret is set
+    changes = [{"cache_key_secret": "another-secret"}, {"cache_key_secret": "not-utf-8-\udcff"},
+               {"introspection_endpoint": "/other"},
+               {"userinfo_endpoint": "/userinfo"}, {"userinfo_required": True, "userinfo_endpoint": "/userinfo"},
+               {"oauth_client_id": "another-client"}, {"client_auth_method": "client_secret_post"},
+               {"client_auth_method": "bearer", "token_endpoint": "/token"},
+               {"client_auth_method": "bearer", "token_endpoint": "/token", "token_scope": "introspect"},
+               {"client_auth_method": "bearer", "token_endpoint": "/token", "token_audience": "api"}]
+    keys = {VerdictCache(base.replace(**change)).key("tok") for change in changes}
+    assert len(keys) == len(changes) and key not in keys
+    unset = base.replace(cache_key_secret=None)  # the fallback secret: the client credentials
+    assert VerdictCache(unset.replace(oauth_client_secret="rotated")).key("tok") != VerdictCache(unset).key("tok")
 
 
 def test_a_value_that_fails_to_decode_is_a_miss(standin, memcached):
     cache = VerdictCache(load_settings(standin.environ(CACHE_BACKEND="memcached", MEMCACHED_SERVERS=memcached.server)))
     cache.set("tok", Introspected(True, {"sub": "u"}))
     assert cache.get("tok") == Introspected(True, {"sub": "u"})
-    cache.region.backend.client.set(cache.key("tok"), b"\x80garbage")
+    cache.region.actual_backend.client.set(cache.key("tok"), b"\x80garbage")
     assert cache.get("tok") is None
-    cache.region.backend.client.set(cache.key("tok"), json.dumps({"unexpected": 1}).encode())
+    cache.region.set("tok", {"unexpected": 1})  # sealed, so it opens: its shape is still checked
     assert cache.get("tok") is None
 
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import unquote
 
 import falcon.testing
 import httpx
@@ -43,6 +44,9 @@ PLUGIN_CLIENT = ("mockforge", "p@ss:word+/= with space")
 POST_CLIENT = ("mockforge-post", "post-secret")
 APP_CLIENT = ("app", "app-secret")
 USER_GRANT = "urn:falcon-oauth:test:user"
+
+
+API_KEY = "purge-key-0123456789"
 
 
 INTEGRATION_FIXTURES = {"authserver", "memcached"}  # a test using one of these is an integration test
@@ -268,3 +272,34 @@ def standin():
     server = StandIn()
     yield server
     server.close()
+
+
+def host_body(token: str) -> dict:
+    return {"context": {"plugin_id": "auth-python-oauth"}, "method": "GET", "uri": "/api",
+            "query_params": {"access_token": token}}
+
+
+def ask(client, token: str) -> dict:
+    result = client.simulate_post("/plugin/authenticate", json=host_body(token))
+    assert result.status_code == 200, result.text
+    return result.json
+
+
+def memcached_dump(server: str) -> list[tuple[str, bytes]]:
+    """Every key and value in a memcached, read over its text protocol."""
+    host, port = server.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=2) as sock:
+        sock.sendall(b"lru_crawler metadump all\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            data += sock.recv(65536)
+        keys = [unquote(part.split(b"=", 1)[1].decode()) for line in data.splitlines()
+                for part in line.split() if part.startswith(b"key=")]
+        pairs = []
+        for key in keys:
+            sock.sendall(f"get {key}\r\n".encode())
+            reply = b""
+            while not reply.endswith(b"END\r\n"):
+                reply += sock.recv(65536)
+            pairs.append((key, reply))
+    return pairs

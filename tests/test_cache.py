@@ -8,7 +8,6 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import unquote
 
 import falcon.testing
 import pytest
@@ -17,9 +16,7 @@ from falcon_oauth.app import create_app
 from falcon_oauth.cache import KEY_FORMAT, VerdictCache
 from falcon_oauth.core import Introspected
 from falcon_oauth.settings import load_settings
-from tests.conftest import PLUGIN_CLIENT
-
-API_KEY = "purge-key-0123456789"
+from tests.conftest import API_KEY, PLUGIN_CLIENT, ask, host_body, memcached_dump
 
 
 @pytest.fixture(params=["memory", pytest.param("memcached", marks=pytest.mark.integration)])
@@ -29,17 +26,6 @@ def backend(request) -> dict[str, str]:
         return {"CACHE_BACKEND": "memory"}
     server = request.getfixturevalue("memcached")
     return {"CACHE_BACKEND": "memcached", "MEMCACHED_SERVERS": server.server}
-
-
-def host_body(token: str) -> dict:
-    return {"context": {"plugin_id": "auth-python-oauth"}, "method": "GET", "uri": "/api",
-            "query_params": {"access_token": token}}
-
-
-def ask(client, token: str) -> dict:
-    result = client.simulate_post("/plugin/authenticate", json=host_body(token))
-    assert result.status_code == 200, result.text
-    return result.json
 
 
 def test_second_request_is_a_hit(make_client, standin, backend):
@@ -227,26 +213,6 @@ def test_a_hung_memcached_cannot_hang_a_request(make_client, standin):
 
 
 # -- what is stored -------------------------------------------------------------------------------------
-
-def memcached_dump(server: str) -> list[tuple[str, bytes]]:
-    """Every key and value in a memcached, read over its text protocol."""
-    host, port = server.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=2) as sock:
-        sock.sendall(b"lru_crawler metadump all\r\n")
-        data = b""
-        while not data.endswith(b"END\r\n"):
-            data += sock.recv(65536)
-        keys = [unquote(part.split(b"=", 1)[1].decode()) for line in data.splitlines()
-                for part in line.split() if part.startswith(b"key=")]
-        pairs = []
-        for key in keys:
-            sock.sendall(f"get {key}\r\n".encode())
-            reply = b""
-            while not reply.endswith(b"END\r\n"):
-                reply += sock.recv(65536)
-            pairs.append((key, reply))
-    return pairs
-
 
 def test_memcached_holds_no_token_no_claim_and_no_secret(make_client, authserver, memcached):
     """Claims from introspection and userinfo, read raw from memcached, keys and values alike."""

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from falcon_oauth.cache import VerdictCache
 from falcon_oauth.core import Introspected
 from falcon_oauth.settings import load_settings
-from tests.test_cache import ask, memcached_dump
+from tests.conftest import ask, memcached_dump
 
 
 def rejected_values() -> float:

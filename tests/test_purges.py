@@ -18,9 +18,7 @@ from falcon_oauth.cache import VerdictCache
 from falcon_oauth.core import Introspected
 from falcon_oauth.purges import RING
 from falcon_oauth.settings import load_settings
-from tests.conftest import stop
-from tests.test_cache import API_KEY, host_body
-from tests.test_servers import start
+from tests.conftest import API_KEY, host_body, start, stop
 
 WORKERS = 4
 SERVERS = {  # every way the README runs several workers

@@ -43,6 +43,7 @@ INVALID_ISSUER = "invalid_issuer"
 INVALID_TOKEN_TYPE = "invalid_token_type"
 INVALID_REQUEST_PATH = "invalid_request_path"  # ROUTES set, and the path is missing or ambiguous
 INVALID_REQUEST_METHOD = "invalid_request_method"  # ROUTES set, and the method is missing or not a token
+STALE_CLAIM = "falcon_oauth_stale"  # SDK dialect: the verdict came from a stale entry (CACHE_STALE_IF_ERROR)
 # ... and of "cannot decide" (HTTP 503).
 AUTH_SERVER_UNAVAILABLE = "auth_server_unavailable"
 AUTH_SERVER_ERROR = "auth_server_error"
@@ -729,6 +730,8 @@ def render_verdict(dialect: Dialect, verdict: Verdict, metadata: Mapping[str, An
     headers = headers or _EMPTY
     if dialect is Dialect.SDK:
         claims = dict(verdict.claims) if verdict.authenticated else {"error": verdict.reason, **verdict.detail}
+        if verdict.authenticated and metadata.get("cache") == "stale":  # the SDK dialect has no metadata
+            claims[STALE_CLAIM] = True
         return Answer(200, {"success": True, "result": {
             "authenticated": verdict.authenticated, "user_id": verdict.user_id, "claims": claims}}, headers)
     return Answer(200, {

@@ -1,54 +1,63 @@
 """Finding the authorization server's endpoints from its metadata (RFC 8414, then OpenID Connect
-Discovery). Run once at start-up, where a failure with no explicit endpoint stops the service, and again
-every DISCOVERY_REFRESH_SECONDS by the drivers (off the event loop), where a failure keeps what is known.
-The endpoints in use are logged at INFO the first time and whenever they change, with a WARNING for each
-endpoint the metadata names but that is refused (see ``core.endpoints_from_metadata``)."""
+Discovery), sans-IO: ``discovery(operator, call)`` is a generator that yields the metadata requests through
+``call`` (the flow's call to the authorization server) and returns the settings to use.
+
+It runs once at start-up (``discover_at_start``: a failure with no explicit endpoint stops the service) and
+again every DISCOVERY_REFRESH_SECONDS inside the flow, where a failure keeps what is known. Endpoints the
+operator set always win; discovered ones are replaced by each refresh (``Settings.discovered`` records which
+fields discovery filled in). The endpoints in use are logged at INFO the first time and whenever they
+change, with a WARNING for each endpoint the metadata names but that is refused (see
+``core.endpoints_from_metadata``)."""
 
 from __future__ import annotations
 
 import logging
-
-import httpx
+from collections.abc import Callable, Generator
+from typing import Any
 
 from falcon_oauth import core
-from falcon_oauth.settings import Settings, SettingsError, ssl_context
+from falcon_oauth.core import HttpRequest, Undecided
+from falcon_oauth.effects import Busy, Http, Response
+from falcon_oauth.settings import Settings, SettingsError
 
 log = logging.getLogger("falcon_oauth.discovery")
+
+# What discovery may fill in: the setting, and the metadata's name for it
+DISCOVERABLE = (("introspection_endpoint", "introspection_endpoint"), ("userinfo_endpoint", "userinfo_endpoint"),
+                ("token_endpoint", "token_endpoint"))
 
 # What was last logged for each issuer in this process: the endpoints in use and the refused ones
 _logged: dict[str, tuple[object, ...]] = {}
 
+Call = Callable[[HttpRequest], Generator[Any, Any, Response]]
 
-def discover(configured: Settings) -> Settings:
-    """``configured`` with every endpoint it does not set explicitly taken from the metadata."""
+
+def discovery(operator: Settings, call: Call) -> Generator[Any, Any, Settings]:
+    """``operator`` (what the operator set) with every endpoint it leaves unset taken from the metadata;
+    ``SettingsError`` when no usable metadata was found."""
     tried, refused = [], {}
-    with httpx.Client(timeout=configured.auth_server_timeout, verify=ssl_context(configured),
-                      follow_redirects=False) as client:
-        for url in core.discovery_urls(configured.auth_server_url):
-            tried.append(url)
-            try:
-                answer = client.get(url, headers={"Accept": "application/json"})
-            except httpx.HTTPError:
-                continue
-            metadata = core.endpoints_from_metadata(answer.status_code, answer.content, configured.auth_server_url)
-            if metadata is None:
-                continue
-            refused.update(metadata.refused)
-            if metadata.endpoints:
-                endpoints = metadata.endpoints
-                settings = configured.replace(
-                    introspection_endpoint=configured.introspection_endpoint
-                    or endpoints.get("introspection_endpoint"),
-                    userinfo_endpoint=configured.userinfo_endpoint or endpoints.get("userinfo_endpoint"),
-                    token_endpoint=configured.token_endpoint or endpoints.get("token_endpoint"))
-                if not settings.introspection_endpoint:  # never the default path in place of a discovered one
-                    raise SettingsError("OIDC_DISCOVERY", "the metadata names no usable introspection_endpoint"
-                                        + "".join(f" ({reason})" for key, reason in metadata.refused.items()
-                                                  if key == "introspection_endpoint"))
-                _log_in_use(configured.auth_server_url, settings, metadata.refused)
-                return settings
+    for url in core.discovery_urls(operator.auth_server_url):
+        tried.append(url)
+        try:
+            answer = yield from call(HttpRequest("GET", url, {"Accept": "application/json"}))
+        except Undecided:
+            continue
+        metadata = core.endpoints_from_metadata(answer.status, answer.body, operator.auth_server_url)
+        if metadata is None:
+            continue
+        refused.update(metadata.refused)
+        if metadata.endpoints:
+            filled = {name: metadata.endpoints[key] for name, key in DISCOVERABLE
+                      if getattr(operator, name) is None and key in metadata.endpoints}
+            settings = operator.replace(**filled, discovered=tuple(filled))
+            if not settings.introspection_endpoint:  # never the default path in place of a discovered one
+                raise SettingsError("OIDC_DISCOVERY", "the metadata names no usable introspection_endpoint"
+                                    + "".join(f" ({reason})" for key, reason in metadata.refused.items()
+                                              if key == "introspection_endpoint"))
+            _log_in_use(operator.auth_server_url, settings, metadata.refused)
+            return settings
     why = "".join(f"; refused its {key}: {reason}" for key, reason in refused.items())
-    raise SettingsError("OIDC_DISCOVERY", f"no usable metadata for issuer {configured.auth_server_url} "
+    raise SettingsError("OIDC_DISCOVERY", f"no usable metadata for issuer {operator.auth_server_url} "
                         f"(tried {', '.join(tried)}){why}")
 
 
@@ -67,6 +76,25 @@ def _log_in_use(issuer: str, settings: Settings, refused: dict[str, str]) -> Non
     for key, reason in refused.items():
         log.warning("the metadata of %s names a %s that is refused (%s); it is not used",
                     core.display_url(issuer), key, reason)
+
+
+def _once(timeout: float) -> Call:
+    """One attempt per request, within ``timeout``: start-up has no breaker or retry budget to consult."""
+    def call(request: HttpRequest) -> Generator[Any, Any, Response]:
+        outcome = yield Http(request, timeout)
+        if isinstance(outcome, Busy):
+            raise Undecided(core.AUTH_SERVER_UNAVAILABLE, "no call slot")
+        if isinstance(outcome, Undecided):
+            raise outcome
+        return outcome
+    return call
+
+
+def discover(operator: Settings) -> Settings:
+    """Discovery now, in this thread."""
+    from falcon_oauth.drivers import SyncDriver  # the drivers import the flows: not at module level
+
+    return SyncDriver(operator).run(discovery(operator, _once(operator.auth_server_timeout)))
 
 
 def discover_at_start(configured: Settings) -> Settings:

@@ -25,7 +25,8 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the client writes there as soo
 AUTH_REQUESTS = Counter("falcon_oauth_auth_requests", "Authentication requests by dialect and outcome "
                         "(authenticated, rejected, undecided)", ["dialect", "outcome"])
 REJECTIONS = Counter("falcon_oauth_rejections", "Rejected tokens by reason code", ["reason"])
-CACHE_REQUESTS = Counter("falcon_oauth_cache_requests", "Verdict cache lookups by result (hit, miss)", ["result"])
+CACHE_REQUESTS = Counter("falcon_oauth_cache_requests", "Verdict cache lookups by result (hit, miss, stale)",
+                         ["result"])
 CACHE_ERRORS = Counter("falcon_oauth_cache_errors", "Cache backend faults (each answered from the "
                        "authorization server instead)")
 CACHE_REJECTED = Counter("falcon_oauth_cache_rejected_values", "memcached values that failed authentication "
@@ -37,6 +38,12 @@ INTROSPECTION_ERRORS = Counter("falcon_oauth_introspection_errors", "Calls to th
                                "that could not decide, by reason code", ["reason"])
 INFLIGHT = Gauge("falcon_oauth_inflight_introspections", "Calls to the authorization server under way",
                  multiprocess_mode="livesum")
+BREAKER_STATE = Gauge("falcon_oauth_breaker_state", "The circuit breaker in front of the authorization server: "
+                      "0 closed, 1 half-open (one probe call decides), 2 open (misses answered 503 at once)",
+                      multiprocess_mode="livemax")
+STALE_SERVED = Counter("falcon_oauth_stale_served", "Verdicts served from an entry past its cache lifetime "
+                       "while the authorization server could not decide (CACHE_STALE_IF_ERROR)")
+
 
 @functools.cache
 def child(metric: Counter, *labels: str | None) -> Counter:

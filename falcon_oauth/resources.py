@@ -1,7 +1,5 @@
-"""Falcon resources: read the request, call one driver method, write the answer. Sync and async twins.
-
-An ASGI app refuses sync responders, so each resource comes twice; the shared translation lives in the
-module's functions and the twins differ only by ``await``.
+"""Falcon resources: they only translate HTTP. Read the request, hand the flow's generator for it
+(``falcon_oauth.flow``) to the driver, write the answer.
 """
 
 from __future__ import annotations
@@ -13,6 +11,7 @@ import orjson
 
 from falcon_oauth import core
 from falcon_oauth.core import Answer
+from falcon_oauth.flow import Flow
 from falcon_oauth.metrics import metrics_text
 
 ERROR_CODES = {
@@ -64,11 +63,6 @@ async def _read_async(req: falcon.Request, limit: int) -> bytes:
     return _checked(await req.bounded_stream.read(limit + 1), limit)
 
 
-def _bad_request(error: core.BadRequest) -> falcon.HTTPError:
-    return falcon.HTTPError(falcon.code_to_http_status(error.status), title=error.code,
-                            description=error.message)
-
-
 def _write(resp: falcon.Response, answer: Answer) -> None:
     resp.status = answer.status
     resp.data = orjson.dumps(answer.body)  # serialised here: Falcon's media path looks up a handler per answer
@@ -85,6 +79,19 @@ def _purged(resp: falcon.Response, token: str | None, done: bool) -> None:
     resp.media = {"purged": "all" if token is None else "token"}
 
 
+def bad_request(req: falcon.Request, resp: falcon.Response, error: core.BadRequest, params: Any) -> None:
+    """``core.BadRequest`` (a body that is not a plugin request) → a 4xx in the app's error shape."""
+    raise falcon.HTTPError(falcon.code_to_http_status(error.status), title=error.code, description=error.message)
+
+
+async def bad_request_async(req: falcon.Request, resp: falcon.Response, error: core.BadRequest,
+                            params: Any) -> None:
+    bad_request(req, resp, error, params)
+
+
+# Each resource has ``on_*`` for WSGI and ``on_*_async`` for ASGI (Falcon's ``add_route(..., suffix="async")``):
+# Falcon requires coroutines under ASGI. The two differ only by ``await`` in front of the driver.
+
 class Health:
     def __init__(self, settings: Any) -> None:
         self.body = {"status": "healthy", "plugin": settings.plugin_id, "version": settings.version}
@@ -92,20 +99,16 @@ class Health:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = self.body
 
-
-class AsyncHealth(Health):
-    async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:  # type: ignore[override]
-        resp.media = self.body
+    async def on_get_async(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.on_get(req, resp)
 
 
 class Metrics:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.data, resp.content_type = metrics_text()
 
-
-class AsyncMetrics:
-    async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.data, resp.content_type = metrics_text()
+    async def on_get_async(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.on_get(req, resp)
 
 
 class OpenAPI:
@@ -126,70 +129,48 @@ class OpenAPI:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.data, resp.content_type = self.body, falcon.MEDIA_JSON
 
-
-class AsyncOpenAPI(OpenAPI):
-    async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:  # type: ignore[override]
-        resp.data, resp.content_type = self.body, falcon.MEDIA_JSON
+    async def on_get_async(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.on_get(req, resp)
 
 
 class Ready:
-    def __init__(self, driver: Any) -> None:
-        self.driver = driver
+    def __init__(self, flow: Flow, driver: Any) -> None:
+        self.flow, self.driver = flow, driver
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _write(resp, self.driver.readiness())
+        _write(resp, self.driver.run(self.flow.readiness()))
 
-
-class AsyncReady(Ready):
-    async def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:  # type: ignore[override]
-        _write(resp, await self.driver.readiness())
+    async def on_get_async(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _write(resp, await self.driver.run(self.flow.readiness()))
 
 
 class Authenticate:
-    def __init__(self, driver: Any, max_body_bytes: int) -> None:
-        self.driver = driver
+    def __init__(self, flow: Flow, driver: Any, max_body_bytes: int) -> None:
+        self.flow, self.driver = flow, driver
         self.limit = max_body_bytes
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         raw = _read(req, self.limit)
-        try:
-            _write(resp, self.driver.authenticate(raw, req.get_header("X-Request-ID")))
-        except core.BadRequest as error:
-            raise _bad_request(error) from None
+        _write(resp, self.driver.run(self.flow.authenticate(raw, req.get_header("X-Request-ID"))))
 
-
-class AsyncAuthenticate(Authenticate):
-    async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:  # type: ignore[override]
+    async def on_post_async(self, req: falcon.Request, resp: falcon.Response) -> None:
         raw = await _read_async(req, self.limit)
-        try:
-            _write(resp, await self.driver.authenticate(raw, req.get_header("X-Request-ID")))
-        except core.BadRequest as error:
-            raise _bad_request(error) from None
+        _write(resp, await self.driver.run(self.flow.authenticate(raw, req.get_header("X-Request-ID"))))
 
 
 class Purge:
-    def __init__(self, driver: Any, max_body_bytes: int, token_max_length: int) -> None:
-        self.driver = driver
+    def __init__(self, flow: Flow, driver: Any, max_body_bytes: int, token_max_length: int) -> None:
+        self.flow, self.driver = flow, driver
         self.limit = max_body_bytes
         self.token_max_length = token_max_length
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        raw = _read(req, self.limit)
-        try:
-            token = core.parse_purge(core.parse_body(raw), self.token_max_length)
-        except core.BadRequest as error:
-            raise _bad_request(error) from None
-        _purged(resp, token, self.driver.purge(token))
+        token = core.parse_purge(core.parse_body(_read(req, self.limit)), self.token_max_length)
+        _purged(resp, token, self.driver.run(self.flow.purge(token)))
 
-
-class AsyncPurge(Purge):
-    async def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:  # type: ignore[override]
-        raw = await _read_async(req, self.limit)
-        try:
-            token = core.parse_purge(core.parse_body(raw), self.token_max_length)
-        except core.BadRequest as error:
-            raise _bad_request(error) from None
-        _purged(resp, token, await self.driver.purge(token))
+    async def on_post_async(self, req: falcon.Request, resp: falcon.Response) -> None:
+        token = core.parse_purge(core.parse_body(await _read_async(req, self.limit)), self.token_max_length)
+        _purged(resp, token, await self.driver.run(self.flow.purge(token)))
 
 
 class Lifespan:

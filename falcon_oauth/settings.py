@@ -22,7 +22,7 @@ from falcon_oauth.core import Policy, Route
 
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "bearer", "none")
 DEFAULT_INTROSPECTION_ENDPOINT = "/oauth/introspect"
-CACHE_BACKENDS = ("memory", "memcached", "null")
+CACHE_BACKENDS = ("memory", "memcached", "redis", "null")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SECRET_KEYS = ("OAUTH_CLIENT_SECRET", "PLUGIN_API_KEY", "CACHE_KEY_SECRET")
 
@@ -62,6 +62,9 @@ class Settings:
     client_auth_method: str = "client_secret_basic"
     auth_server_timeout: float = 5.0
     auth_server_retries: int = 1
+    auth_server_max_inflight: int = 64
+    auth_server_breaker_failures: int = 5
+    auth_server_breaker_seconds: float = 5.0
     auth_server_ca_bundle: str | None = None
     auth_server_client_cert: str | None = None
     auth_server_client_key: str | None = field(default=None, repr=False)
@@ -77,9 +80,13 @@ class Settings:
     cache_backend: str = "memory"
     memcached_servers: tuple[str, ...] = ("127.0.0.1:11211",)
     memcached_timeout: float = 0.25
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)  # may hold a password
+    redis_timeout: float = 0.25
     cache_ttl: int = 300
     cache_negative_ttl: int = 10
     cache_max_entries: int = 10000
+    cache_local_ttl: float = 2.0
+    cache_stale_if_error: int = 0
     cache_key_secret: str | None = field(default=None, repr=False)
     required_scopes: tuple[str, ...] = ()
     audiences: tuple[str, ...] = ()
@@ -87,6 +94,7 @@ class Settings:
     token_types: tuple[str, ...] = ("Bearer", "access_token")
     routes: tuple[Route, ...] = ()
     version: str = __version__
+    discovered: tuple[str, ...] = ()  # the fields discovery filled in (not read from the environment)
 
     @property
     def policy(self) -> Policy:
@@ -109,11 +117,16 @@ class Settings:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Every configured secret, for the log redaction safety net."""
-        values = (self.oauth_client_secret, self.plugin_api_key, self.cache_key_secret)
+        values = (self.oauth_client_secret, self.plugin_api_key, self.cache_key_secret,
+                  urlsplit(self.redis_url).password)
         return tuple(v for v in values if v)
 
     def replace(self, **changes: Any) -> Settings:
         return _validated(dataclasses.replace(self, **changes))
+
+    def operator(self) -> Settings:
+        """What the operator set: these settings without what discovery filled in."""
+        return dataclasses.replace(self, discovered=(), **{name: None for name in self.discovered})
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext:
@@ -145,7 +158,7 @@ def _endpoint_url(base: str, endpoint: str) -> str:
 
 # -- loading ------------------------------------------------------------------------------------------
 
-_FIELDS = {f.name.upper(): f for f in dataclasses.fields(Settings) if f.name != "version"}
+_FIELDS = {f.name.upper(): f for f in dataclasses.fields(Settings) if f.name not in ("version", "discovered")}
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -302,6 +315,11 @@ def _validated(s: Settings) -> Settings:
     check(60 <= s.discovery_refresh_seconds <= 86400, "DISCOVERY_REFRESH_SECONDS", "must be between 60 and 86400")
     check(0 < s.auth_server_timeout <= 120, "AUTH_SERVER_TIMEOUT", "must be between 0 and 120 seconds")
     check(0 <= s.auth_server_retries <= 5, "AUTH_SERVER_RETRIES", "must be between 0 and 5")
+    check(1 <= s.auth_server_max_inflight <= 10_000, "AUTH_SERVER_MAX_INFLIGHT", "must be between 1 and 10000")
+    check(0 <= s.auth_server_breaker_failures <= 1000, "AUTH_SERVER_BREAKER_FAILURES",
+          "must be between 0 (off) and 1000")
+    check(0 < s.auth_server_breaker_seconds <= 3600, "AUTH_SERVER_BREAKER_SECONDS",
+          "must be between 0 and 3600 seconds")
     for key, path in (("AUTH_SERVER_CA_BUNDLE", s.auth_server_ca_bundle),
                       ("AUTH_SERVER_CLIENT_CERT", s.auth_server_client_cert),
                       ("AUTH_SERVER_CLIENT_KEY", s.auth_server_client_key)):
@@ -321,7 +339,13 @@ def _validated(s: Settings) -> Settings:
     check(0 <= s.cache_ttl <= 86400, "CACHE_TTL", "must be between 0 and 86400 seconds")
     check(0 <= s.cache_negative_ttl <= 3600, "CACHE_NEGATIVE_TTL", "must be between 0 and 3600 seconds")
     check(1 <= s.cache_max_entries <= 10_000_000, "CACHE_MAX_ENTRIES", "must be between 1 and 10000000")
+    check(0 <= s.cache_local_ttl <= 60, "CACHE_LOCAL_TTL", "must be between 0 and 60 seconds")
+    check(0 <= s.cache_stale_if_error <= 86400, "CACHE_STALE_IF_ERROR", "must be between 0 (off) and 86400 seconds")
     check(0 < s.memcached_timeout <= 10, "MEMCACHED_TIMEOUT", "must be between 0 and 10 seconds")
+    check(0 < s.redis_timeout <= 10, "REDIS_TIMEOUT", "must be between 0 and 10 seconds")
+    if s.cache_backend == "redis":
+        check(urlsplit(s.redis_url).scheme in ("redis", "rediss", "unix"), "REDIS_URL",
+              "must be a redis://, rediss:// or unix:// URL")
     if s.cache_backend == "memcached":
         check(bool(s.memcached_servers), "MEMCACHED_SERVERS", "must name at least one host:port")
         for server in s.memcached_servers:

@@ -49,7 +49,7 @@ USER_GRANT = "urn:falcon-oauth:test:user"
 API_KEY = "purge-key-0123456789"
 
 
-INTEGRATION_FIXTURES = {"authserver", "memcached"}  # a test using one of these is an integration test
+INTEGRATION_FIXTURES = {"authserver", "memcached", "redis"}  # a test using one of these is an integration test
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
@@ -206,6 +206,87 @@ def memcached() -> Iterator[Memcached]:
         server.kill()
 
 
+class Redis:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[Any] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server")
+                                                  else None)
+        if binary is None:
+            missing("the integration tests need redis-server (not on PATH): `scripts/test` installs it")
+        self.process = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                                         "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        wait_for_port(self.port, self.process)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture()
+def redis() -> Iterator[Redis]:
+    server = Redis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+class CacheClient:
+    """The verdict cache of one app, driven as the app drives it (the sync driver): ``get`` is a lookup whose
+    fill cannot decide (None unless an entry serves), ``set`` a lookup whose fill answers ``record``."""
+
+    def __init__(self, settings: Settings, clock: Any = time.time, monotonic: Any = time.monotonic) -> None:
+        from falcon_oauth.cache import VerdictCache
+        from falcon_oauth.drivers import SyncDriver
+        from falcon_oauth.store import Store
+
+        self.cache = VerdictCache(settings, clock, monotonic)
+        self.store = Store(settings) if self.cache.shared else None
+        self.driver = SyncDriver(settings, self.store)
+        self.fills = 0
+
+    def key(self, token: str) -> str:
+        return self.cache.key(token)
+
+    def lookup(self, token: str, record: Any = None) -> tuple[Any, str] | None:
+        from falcon_oauth.core import Undecided
+
+        def fill() -> Any:
+            self.fills += 1
+            if record is None:
+                raise Undecided("auth_server_unavailable", "no answer in this test")
+            return record
+            yield  # a generator, as every fill is
+
+        try:
+            return self.driver.run(self.cache.get_or_fill(token, fill))
+        except Undecided:
+            return None
+
+    def get(self, token: str) -> Any:
+        found = self.lookup(token)
+        return None if found is None else found[0]
+
+    def set(self, token: str, record: Any) -> None:
+        self.lookup(token, record)
+
+    def delete(self, token: str) -> bool:
+        return self.driver.run(self.cache.purge(token))
+
+    def clear(self) -> bool:
+        return self.driver.run(self.cache.purge(None))
+
+
 @pytest.fixture(params=[False, True], ids=["wsgi", "asgi"])
 def asgi(request: pytest.FixtureRequest) -> bool:
     """Every HTTP-level test runs against both app kinds."""
@@ -214,10 +295,11 @@ def asgi(request: pytest.FixtureRequest) -> bool:
 
 @pytest.fixture()
 def make_client(asgi: bool):
-    """``make_client(settings, transport=None)`` → a Falcon test client of the app kind under test."""
+    """``make_client(settings, transport=None, clock=..., monotonic=...)`` → a Falcon test client of the app kind
+    under test."""
 
-    def make(settings: Settings, transport: Any = None) -> falcon.testing.TestClient:
-        return falcon.testing.TestClient(create_app(settings, asgi=asgi, transport=transport))
+    def make(settings: Settings, transport: Any = None, **clocks: Any) -> falcon.testing.TestClient:
+        return falcon.testing.TestClient(create_app(settings, asgi=asgi, transport=transport, **clocks))
 
     return make
 

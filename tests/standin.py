@@ -25,6 +25,10 @@ class StandIn:
         self.connections = 0  # TCP connections accepted
         self.open_connections = 0  # of which the client has not closed yet
         self.answers: dict[str, dict[str, Any]] = {}
+        self.paths: Counter[str] = Counter()  # introspection calls by path
+        self.metadata: dict[str, Any] | None = None  # served as RFC 8414 metadata when set
+        self.active = 0  # introspection calls under way now
+        self.most_active = 0  # ... and the most there ever were at once
         self._lock = threading.Lock()
         standin = self
 
@@ -48,8 +52,15 @@ class StandIn:
                 token = form.get("token", [""])[0]
                 with standin._lock:
                     standin.calls[token] += 1
-                if standin.delay or token.startswith("fault-slow"):
-                    time.sleep(standin.slow_seconds if token.startswith("fault-slow") else standin.delay)
+                    standin.paths[self.path] += 1
+                    standin.active += 1
+                    standin.most_active = max(standin.most_active, standin.active)
+                try:
+                    if standin.delay or token.startswith("fault-slow"):
+                        time.sleep(standin.slow_seconds if token.startswith("fault-slow") else standin.delay)
+                finally:
+                    with standin._lock:
+                        standin.active -= 1
                 status, content_type, body = 200, "application/json", json.dumps(standin.answer(token)).encode()
                 if token.startswith("fault-500"):
                     status, body = 500, b'{"error": "server_error"}'
@@ -57,6 +68,15 @@ class StandIn:
                     content_type, body = "text/html", b"<html><form>Log in</form></html>"
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802
+                found = standin.metadata is not None and self.path == "/.well-known/oauth-authorization-server"
+                body = json.dumps(standin.metadata if found else {}).encode()
+                self.send_response(200 if found else 404)
+                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

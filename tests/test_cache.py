@@ -13,10 +13,10 @@ import falcon.testing
 import pytest
 
 from falcon_oauth.app import create_app
-from falcon_oauth.cache import KEY_FORMAT, VerdictCache
+from falcon_oauth.cache import KEY_FORMAT
 from falcon_oauth.core import Introspected
 from falcon_oauth.settings import load_settings
-from tests.conftest import API_KEY, PLUGIN_CLIENT, ask, host_body, memcached_dump
+from tests.conftest import API_KEY, PLUGIN_CLIENT, CacheClient, ask, host_body, memcached_dump
 
 
 @pytest.fixture(params=["memory", pytest.param("memcached", marks=pytest.mark.integration)])
@@ -154,8 +154,8 @@ def test_an_asgi_and_a_wsgi_instance_sharing_memcached_make_one_call(standin, me
 # -- when memcached fails -------------------------------------------------------------------------------
 
 def test_memcached_killed_and_restarted_fails_no_request(make_client, standin, memcached):
-    client = make_client(load_settings(standin.environ(CACHE_BACKEND="memcached",
-                                                      MEMCACHED_SERVERS=memcached.server)))
+    client = make_client(load_settings(standin.environ(CACHE_BACKEND="memcached", MEMCACHED_SERVERS=memcached.server,
+                                                      CACHE_LOCAL_TTL="0")))  # every lookup reaches memcached
     assert ask(client, "good-k")["metadata"]["cache"] == "miss"
     memcached.kill()
     for _ in range(5):
@@ -225,7 +225,7 @@ def test_memcached_holds_no_token_no_claim_and_no_secret(make_client, authserver
     entries = [(k, v) for k, v in pairs if not k.startswith("_lock")]
     assert len(entries) == 1
     key, reply = entries[0]
-    assert key.startswith("fo3:") and len(key) <= 250
+    assert key.startswith("fo4:") and len(key) <= 250
     for text in (token, "user-42", "ada@example.test", "Ada L.", "read", "mockforge", PLUGIN_CLIENT[1],
                  '"record"', '"active"'):
         assert all(text not in k and text.encode() not in v for k, v in pairs), text
@@ -233,10 +233,10 @@ def test_memcached_holds_no_token_no_claim_and_no_secret(make_client, authserver
 
 def test_keys_are_bound_to_the_secret_and_to_what_changes_a_verdict(standin):
     base = load_settings(standin.environ(CACHE_KEY_SECRET="a-cache-key-secret"))
-    key = VerdictCache(base).key("tok")
+    key = CacheClient(base).key("tok")
     assert "tok" not in key and key.startswith(f"{KEY_FORMAT}:")
-    assert VerdictCache(base).key("tok") == key
-    assert VerdictCache(base.replace(oauth_client_secret="rotated")).key("tok") == key  # the secret is set
+    assert CacheClient(base).key("tok") == key
+    assert CacheClient(base.replace(oauth_client_secret="rotated")).key("tok") == key  # the secret is set
     changes = [{"cache_key_secret": "another-secret"}, {"cache_key_secret": "not-utf-8-\udcff"},
                {"introspection_endpoint": "/other"},
                {"userinfo_endpoint": "/userinfo"}, {"userinfo_required": True, "userinfo_endpoint": "/userinfo"},
@@ -244,25 +244,26 @@ def test_keys_are_bound_to_the_secret_and_to_what_changes_a_verdict(standin):
                {"client_auth_method": "bearer", "token_endpoint": "/token"},
                {"client_auth_method": "bearer", "token_endpoint": "/token", "token_scope": "introspect"},
                {"client_auth_method": "bearer", "token_endpoint": "/token", "token_audience": "api"}]
-    keys = {VerdictCache(base.replace(**change)).key("tok") for change in changes}
+    keys = {CacheClient(base.replace(**change)).key("tok") for change in changes}
     assert len(keys) == len(changes) and key not in keys
     unset = base.replace(cache_key_secret=None)  # the fallback secret: the client credentials
-    assert VerdictCache(unset.replace(oauth_client_secret="rotated")).key("tok") != VerdictCache(unset).key("tok")
+    assert CacheClient(unset.replace(oauth_client_secret="rotated")).key("tok") != CacheClient(unset).key("tok")
 
 
 def test_a_value_that_fails_to_decode_is_a_miss(standin, memcached):
-    cache = VerdictCache(load_settings(standin.environ(CACHE_BACKEND="memcached", MEMCACHED_SERVERS=memcached.server)))
+    cache = CacheClient(load_settings(standin.environ(CACHE_BACKEND="memcached", MEMCACHED_SERVERS=memcached.server,
+                                                      CACHE_LOCAL_TTL="0")))
     cache.set("tok", Introspected(True, {"sub": "u"}))
     assert cache.get("tok") == Introspected(True, {"sub": "u"})
-    cache.region.actual_backend.client.set(cache.key("tok"), b"\x80garbage")
+    cache.store.region.actual_backend.client.set(cache.key("tok"), b"\x80garbage")
     assert cache.get("tok") is None
-    cache.region.set("tok", {"unexpected": 1})  # sealed, so it opens: its shape is still checked
+    cache.store.set(cache.key("tok"), {"unexpected": 1})  # sealed, so it opens: its shape is still checked
     assert cache.get("tok") is None
 
 
 def test_the_memory_cache_is_bounded(standin):
-    cache = VerdictCache(load_settings(standin.environ(CACHE_MAX_ENTRIES="50")))
+    cache = CacheClient(load_settings(standin.environ(CACHE_MAX_ENTRIES="50")))
     for i in range(1000):
         cache.set(f"token-{i}", Introspected(True, {"sub": f"u{i}"}))
-    assert len(cache.region.backend._cache) == 50
+    assert len(cache.cache.local) == 50
     assert cache.get("token-999") is not None and cache.get("token-0") is None

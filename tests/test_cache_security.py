@@ -16,10 +16,9 @@ import pymemcache.serde
 import pytest
 from prometheus_client import REGISTRY
 
-from falcon_oauth.cache import VerdictCache
 from falcon_oauth.core import Introspected
 from falcon_oauth.settings import load_settings
-from tests.conftest import ask, memcached_dump
+from tests.conftest import CacheClient, ask, memcached_dump
 
 
 def rejected_values() -> float:
@@ -61,7 +60,8 @@ class RunsCode:
 
 @pytest.fixture()
 def environ(standin, memcached):
-    return standin.environ(CACHE_BACKEND="memcached", MEMCACHED_SERVERS=memcached.server)
+    # CACHE_LOCAL_TTL=0: every lookup reads memcached, where the attacker writes (L1 is this process's own)
+    return standin.environ(CACHE_BACKEND="memcached", MEMCACHED_SERVERS=memcached.server, CACHE_LOCAL_TTL="0")
 
 
 def test_a_planted_pickle_runs_nothing_and_the_server_is_asked(make_client, standin, memcached, environ, tmp_path):
@@ -71,7 +71,7 @@ def test_a_planted_pickle_runs_nothing_and_the_server_is_asked(make_client, stan
     pymemcache.serde.pickle_serde.deserialize(b"k", pickle.dumps(RunsCode(str(proof))), pymemcache.serde.FLAG_PICKLE)
     assert proof.exists()  # the payload is live: pymemcache's default serde runs it
     before = rejected_values()
-    plant(memcached.server, VerdictCache(settings).key("inactive-pickle"), pickle.dumps(RunsCode(str(target))),
+    plant(memcached.server, CacheClient(settings).key("inactive-pickle"), pickle.dumps(RunsCode(str(target))),
           flags=pymemcache.serde.FLAG_PICKLE)
     answer = ask(client, "inactive-pickle")
     assert not target.exists()
@@ -90,7 +90,7 @@ def test_plain_json_claiming_active_is_rejected(make_client, standin, memcached,
         "record": {"active": True, "claims": {"sub": "mallory", "scope": "read write admin"}, "reason": None},
         "expires_at": now + 3600, "stored_at": now}).encode()
     before = rejected_values()
-    plant(memcached.server, VerdictCache(settings).key("inactive-forged"), forged)
+    plant(memcached.server, CacheClient(settings).key("inactive-forged"), forged)
     answer = ask(client, "inactive-forged")
     assert answer["authenticated"] is False and answer["identity"] is None
     assert answer["metadata"] == {"cache": "miss"} and standin.calls["inactive-forged"] == 1
@@ -100,7 +100,7 @@ def test_plain_json_claiming_active_is_rejected(make_client, standin, memcached,
 def test_a_sealed_value_copied_to_another_tokens_key_is_a_miss(make_client, standin, memcached, environ):
     settings = load_settings(environ)
     client = make_client(settings)
-    cache = VerdictCache(settings)
+    cache = CacheClient(settings)
     assert ask(client, "good-original")["authenticated"] is True
     sealed = read(memcached.server, cache.key("good-original"))
     before = rejected_values()
@@ -114,7 +114,7 @@ def test_a_sealed_value_copied_to_another_tokens_key_is_a_miss(make_client, stan
 def test_a_sealed_value_with_a_flipped_byte_is_a_miss(make_client, standin, memcached, environ):
     settings = load_settings(environ)
     client = make_client(settings)
-    key = VerdictCache(settings).key("good-flipped")
+    key = CacheClient(settings).key("good-flipped")
     ask(client, "good-flipped")
     sealed = read(memcached.server, key)
     for position in (0, 15, 16, len(sealed) // 2, len(sealed) - 1):  # salt, ciphertext, tag
@@ -129,7 +129,7 @@ def test_a_sealed_value_with_a_flipped_byte_is_a_miss(make_client, standin, memc
 
 
 def test_rejected_values_are_counted_each_and_logged_once_a_minute(standin, memcached, environ, caplog):
-    cache = VerdictCache(load_settings(environ))
+    cache = CacheClient(load_settings(environ))
     before = rejected_values()
     with caplog.at_level(logging.WARNING, logger="falcon_oauth.cache"):
         for i in range(5):
@@ -143,15 +143,16 @@ def test_rejected_values_are_counted_each_and_logged_once_a_minute(standin, memc
 
 def test_a_value_never_outlives_the_configured_bounds(standin, memcached, environ):
     """However long a sealed value says it lives (a peer with a longer CACHE_TTL, or a value written with an
-    absurd expires_at), this instance keeps it at most CACHE_TTL (inactive: CACHE_NEGATIVE_TTL) from when it
+    absurd fresh_until), this instance keeps it at most CACHE_TTL (inactive: CACHE_NEGATIVE_TTL) from when it
     was stored."""
     now = [1_000_000.0]
     settings = load_settings({**environ, "CACHE_TTL": "60", "CACHE_NEGATIVE_TTL": "5"})
-    cache = VerdictCache(settings, clock=lambda: now[0])
+    cache = CacheClient(settings, clock=lambda: now[0])
     active, inactive = Introspected(True, {"sub": "u"}), Introspected(False, {}, "token_inactive")
     for token, record in (("active", active), ("inactive", inactive)):
-        cache.region.set(token, {"record": record.to_json(), "expires_at": 1e12, "stored_at": now[0]})
-    peer = VerdictCache(settings.replace(cache_ttl=86400), clock=lambda: now[0])
+        cache.store.set(cache.key(token), {"record": record.to_json(), "fresh_until": 1e12, "stale_until": 1e12,
+                                           "stored_at": now[0]})
+    peer = CacheClient(settings.replace(cache_ttl=86400), clock=lambda: now[0])
     peer.set("peer", active)
     now[0] += 4.9
     assert (cache.get("active"), cache.get("inactive"), cache.get("peer")) == (active, inactive, active)
@@ -171,8 +172,8 @@ def test_rotating_cache_key_secret_turns_old_entries_into_misses(make_client, st
     assert standin.calls["good-rotated"] == 2
     # a value sealed under the old secret, moved under the new key, does not open either
     before = rejected_values()
-    plant(memcached.server, VerdictCache(new).key("inactive-rotated"),
-          read(memcached.server, VerdictCache(old).key("good-rotated")))
+    plant(memcached.server, CacheClient(new).key("inactive-rotated"),
+          read(memcached.server, CacheClient(old).key("good-rotated")))
     assert ask(after_rotation, "inactive-rotated")["authenticated"] is False
     assert rejected_values() == before + 1
 
@@ -195,5 +196,5 @@ def test_configurations_that_differ_never_share_entries(make_client, authserver,
     token = authserver.user_token("user-7", "openid email profile read")
     assert [ask(first, token)["metadata"]["cache"] for _ in range(2)] == ["miss", "hit"]
     assert [ask(second, token)["metadata"]["cache"] for _ in range(2)] == ["miss", "hit"]
-    entries = [key for key, _ in memcached_dump(memcached.server) if key.startswith("fo3:")]
+    entries = [key for key, _ in memcached_dump(memcached.server) if key.startswith("fo4:")]
     assert len(entries) == 2

@@ -14,11 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from falcon_oauth.cache import VerdictCache
 from falcon_oauth.core import Introspected
 from falcon_oauth.purges import RING
 from falcon_oauth.settings import load_settings
-from tests.conftest import API_KEY, host_body, start, stop
+from tests.conftest import API_KEY, CacheClient, host_body, start, stop
 
 WORKERS = 4
 SERVERS = {  # every way the README runs several workers
@@ -93,7 +92,7 @@ def test_a_purge_reaches_every_worker(authserver, server, purge, tmp_path):
 def two_workers(standin):
     """Two memory caches of one configuration under one parent process: what two workers of an instance are."""
     settings = load_settings(standin.environ(CACHE_BACKEND="memory"))
-    return VerdictCache(settings), VerdictCache(settings)
+    return CacheClient(settings), CacheClient(settings)
 
 
 def test_purging_one_token_spares_the_others(two_workers):
@@ -121,7 +120,7 @@ def test_a_worker_far_behind_drops_everything(two_workers):
 
 def test_other_configurations_are_not_purged(standin):
     settings = load_settings(standin.environ(CACHE_BACKEND="memory"))
-    one, other = VerdictCache(settings), VerdictCache(settings.replace(oauth_client_id="another-client"))
+    one, other = CacheClient(settings), CacheClient(settings.replace(oauth_client_id="another-client"))
     other.set("kept", Introspected(True, {"sub": "u"}))
     one.clear()
     assert other.get("kept") is not None
@@ -140,7 +139,7 @@ def test_a_directory_someone_else_could_use_is_refused(standin, tmp_path, monkey
         directory.chmod(0o777)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where this process keeps temporary files
     with caplog.at_level(logging.WARNING, logger="falcon_oauth.cache"):
-        cache = VerdictCache(load_settings(standin.environ(CACHE_BACKEND="memory")))
+        cache = CacheClient(load_settings(standin.environ(CACHE_BACKEND="memory")))
     assert "reach only the process that receives them" in caplog.text
     assert not any(path.name.startswith("purges-") for path in tmp_path.rglob("*"))
     cache.set("purged", Introspected(True, {"sub": "u"}))

@@ -46,7 +46,7 @@ def test_each_documented_command_serves_verdicts(authserver, name):
 
 @pytest.mark.parametrize("config, worker, bad", [
     ("config/gunicorn.conf.py", ["wsgi:app"], {}),
-    ("config/gunicorn.conf.py", ["-k", "uvicorn_worker.UvicornWorker", "asgi:app"], {"CACHE_BACKEND": "redis"}),
+    ("config/gunicorn.conf.py", ["-k", "uvicorn_worker.UvicornWorker", "asgi:app"], {"CACHE_BACKEND": "couchbase"}),
     ("python:falcon_oauth.gunicorn_conf", ["falcon_oauth.wsgi:app"], {"PORT": "eighty"}),
     ("python:falcon_oauth.gunicorn_conf", ["-k", "uvicorn_worker.UvicornWorker", "falcon_oauth.asgi:app"], {}),
 ], ids=["gthread-missing", "uvicorn-worker-invalid", "package-gthread-invalid", "package-uvicorn-worker-missing"])

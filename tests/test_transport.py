@@ -220,8 +220,8 @@ def test_misses_reuse_one_connection_even_from_a_new_thread_each(standin, asgi):
 def test_after_a_burst_of_misses_at_most_64_connections_stay_open(standin, asgi):
     """100 concurrent misses need 100 connections; once they are answered the plugin keeps at most 64 of them
     alive to the authorization server (as one shared pool would), and closes the rest."""
-    standin.delay = 0.3
-    app = create_app(load_settings(standin.environ()), asgi=asgi)
+    standin.delay = 1.0  # long enough for all 100 to be under way at once, even on a loaded machine
+    app = create_app(load_settings(standin.environ(AUTH_SERVER_MAX_INFLIGHT="100")), asgi=asgi)
     bodies = [{"credentials": {"token": f"good-burst-{n}"}} for n in range(100)]
     if asgi:
         async def run() -> list[dict]:

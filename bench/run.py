@@ -8,7 +8,8 @@ so the ratios of one run are what counts, not absolute numbers across runs. Each
 the ratios of one round (A and B measured back to back): this shared machine's speed drifts by a third
 within minutes, which a ratio of two medians taken minutes apart would carry.
 
-Prints a Markdown table and writes it, with the date and the core count, to bench/RESULTS.md.
+Prints a Markdown table and writes it, with the date and the core count, to bench/RESULTS.md, and a chart of
+its requests/s beside it, bench/RESULTS.svg (``--chart`` redraws the chart from RESULTS.md without running).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 import httpx
 
@@ -129,12 +131,53 @@ async def herd(url: str, token: str, n: int) -> list[int]:
     return [a.status_code for a in answers]
 
 
+def table_rows(results: str) -> list[tuple[str, str, float, str]]:
+    """(mode, workload, requests/s, ratio) of each row of a RESULTS.md table."""
+    rows = []
+    for line in results.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[0] in APPS:
+            rows.append((cells[0], cells[1], float(cells[2]), cells[6]))
+    return rows
+
+
+def chart(rows: list[tuple[str, str, float, str]], title: str) -> str:
+    """An SVG bar chart of requests/s, a bar per row (mode colours, ratio beside the number); no dependency."""
+    label_width, bar_width, row_height, top = 560, 340, 22, 40
+    width, height = label_width + bar_width + 150, top + row_height * len(rows) + 20
+    most = max((rps for _, _, rps, _ in rows), default=1) or 1
+    colours = {"asgi": "#3b75af", "wsgi": "#ef8636"}
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="10" y="22" font-size="14" font-weight="bold">{escape(title)}</text>']
+    for n, (mode, workload, rps, ratio) in enumerate(rows):
+        y = top + n * row_height
+        length = round(bar_width * rps / most, 1)
+        note = f"{rps:.0f}/s" + (f" ({ratio})" if ratio else "")
+        out += [f'<text x="{label_width - 6}" y="{y + 14}" text-anchor="end">{escape(f"{mode}: {workload}")}</text>',
+                f'<rect class="bar" x="{label_width}" y="{y + 3}" width="{length}" height="{row_height - 6}" '
+                f'fill="{colours.get(mode, "gray")}"><title>{escape(note)}</title></rect>',
+                f'<text x="{label_width + length + 6}" y="{y + 14}">{escape(note)}</text>']
+    return "\n".join([*out, "</svg>", ""])
+
+
+def write_chart(results: str) -> None:
+    """bench/RESULTS.svg: the requests/s of a RESULTS.md, titled with its first line."""
+    title = results.splitlines()[0].lstrip("# ") + ": requests/s"
+    (BENCH / "RESULTS.svg").write_text(chart(table_rows(results), title))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=3, help="length of each wrk run")
     parser.add_argument("--rounds", type=int, default=9, help="alternating rounds per comparison")
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s: check that it runs")
+    parser.add_argument("--chart", action="store_true", help="only redraw bench/RESULTS.svg from bench/RESULTS.md")
     args = parser.parse_args()
+    if args.chart:
+        write_chart((BENCH / "RESULTS.md").read_text())
+        return
     if args.quick:
         args.seconds, args.rounds = 2, 1
     if not shutil.which("wrk"):
@@ -196,7 +239,7 @@ def main() -> None:
                 rows.append((mode, "unique tokens, server at 50 ms, 32 conns", median_run(unique50),
                              f"{paired_ratio(unique50, direct):.2f} × direct"))
                 if wide50:
-                    rows.append((mode, "unique tokens, server at 50 ms, 32 conns, 32 threads (not the issue's 16)",
+                    rows.append((mode, "unique tokens, server at 50 ms, 32 conns, 32 threads (the default is 16)",
                                  median_run(wide50), f"{paired_ratio(wide50, direct):.2f} × direct"))
                 # herd: 200 concurrent requests for one new token
                 httpx.post(f"{standins[50].url}/reset")
@@ -235,6 +278,7 @@ def main() -> None:
     print(report)
     if not args.quick:
         (BENCH / "RESULTS.md").write_text(report)
+        write_chart(report)
 
 
 if __name__ == "__main__":

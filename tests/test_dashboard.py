@@ -134,3 +134,16 @@ def test_the_check_above_would_see_a_wrong_name(exported):
     assert not {"falcon_oauth_auth_requests", "falcon_oauth_introspection_duration_seconds"} & set(exported)
     assert {"falcon_oauth_introspection_duration_seconds_bucket", "falcon_oauth_auth_requests_total"} <= set(exported)
     assert "le" in exported["falcon_oauth_introspection_duration_seconds_bucket"]
+
+
+def family(sample: str) -> str:
+    return re.sub(r"_(total|bucket|count|sum|created)$", "", sample)
+
+
+def test_every_metric_of_the_plugin_is_on_the_dashboard(exported):
+    """A metric the plugin exports and the dashboard leaves out (as the sealed-value rejections once were) is
+    one nobody looks at."""
+    shown = {family(name) for expr in queries() for name, _ in Uses(expr).selectors}
+    plugin = {family(name) for name in exported if name.startswith("falcon_oauth_")}
+    assert "falcon_oauth_cache_rejected_values" in plugin
+    assert plugin - shown == set(), "exported but on no panel"

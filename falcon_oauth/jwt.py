@@ -12,6 +12,11 @@ This module imports neither falcon, httpx nor dogpile, reads no clock and opens 
 passed in (``now``: Unix time for claims; ``now_monotonic``: any monotonic clock for ``KeyRefresh``).
 Parsing, JWK import and signature verification are joserfc's; nothing here does crypto by hand.
 
+Names are as briefed; additions: ``JwtPolicy.validated()`` (ValueError for a policy that must not be
+loaded), ``KeySet.fitting(alg)`` and ``len(KeySet)``, ``UnknownKey.kid``, and the size/bound constants.
+``may_refetch`` reserves the refetch it allows (see ``KeyRefresh``), so concurrent requests carrying
+forged ``kid`` values cause one fetch per ``min_refetch_seconds``.
+
 Decisions the integrator must know:
 
 - Algorithms: only ``ASYMMETRIC`` (RS*, PS*, ES*, EdDSA) can ever be used, whatever the policy lists;
@@ -55,6 +60,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -267,7 +273,8 @@ class _Registry(jws.JWSRegistry):
         return self.algorithms[name]
 
 
-def _registry(algorithms: tuple[str, ...]) -> _Registry:
+@functools.lru_cache(maxsize=16)
+def _registry(algorithms: tuple[str, ...]) -> _Registry:  # stateless once made: one per policy
     # strict_check_header off: unknown header parameters are ignored (RFC 7515 §4); refused ones are
     # refused before joserfc sees the token.
     return _Registry(algorithms=[a for a in algorithms if a in ASYMMETRIC], strict_check_header=False)

@@ -195,6 +195,12 @@ def test_a_signature_swapped_from_another_token_of_the_same_key_is_refused():
     assert reason(mine.rsplit(".", 1)[0] + "." + other.rsplit(".", 1)[1]) == core.INVALID_TOKEN
 
 
+@pytest.mark.parametrize("signature", [bytes(64), b"\x00" * 31 + b"\x01" + b"\x00" * 31 + b"\x01", b""])
+def test_an_es256_signature_of_zeros_or_nothing_is_refused(signature):  # CVE-2022-21449, "psychic signatures"
+    header = {"alg": "ES256", "typ": "at+jwt", "kid": "ec-1"}
+    assert reason(forge(header, claims(), signature)) == core.INVALID_TOKEN
+
+
 def test_an_unknown_kid_raises_unknown_key_for_a_refetch():
     with pytest.raises(UnknownKey) as raised:
         check(sign(key=RSA_2))

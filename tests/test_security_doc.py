@@ -30,7 +30,7 @@ def test_every_backend_says_how_long_a_revoked_token_passes_with_and_without_a_p
     table = revocation_table()
     assert set(table) == set(CACHE_BACKENDS)
     assert all(len(cells) == 2 and all(cells) for cells in table.values())
-    assert "`CACHE_TTL`" in table["memory"][0] and "`CACHE_TTL`" in table["memcached"][0]
+    assert all("`CACHE_TTL`" in table[backend][0] for backend in ("memory", "memcached", "redis"))
 
 
 def test_a_purge_is_said_to_reach_what_the_purge_tests_prove():
@@ -38,7 +38,10 @@ def test_a_purge_is_said_to_reach_what_the_purge_tests_prove():
     # test_a_purge_reaches_every_worker: every request sent after the purge's answer, to any worker
     assert "every worker of the instance before the purge is answered" in table["memory"][1]
     assert "within 1 s in the instance's other workers" not in table["memory"][1]
-    # test_a_purge_reaches_every_instance_sharing_memcached: one token's entry is gone for everyone at once
-    assert "one token: at once everywhere" in table["memcached"][1]
-    assert "within 1 s in every other worker and instance" in table["memcached"][1]
+    # test_a_purge_reaches_every_instance_sharing_memcached: the shared entry is gone at once; and
+    # test_l1_keeps_an_entry_at_most_cache_local_ttl: another instance's own tier keeps it that long at most
+    for backend in ("memcached", "redis"):
+        assert "deleted at once" in table[backend][1]
+        assert "for at most `CACHE_LOCAL_TTL` seconds" in table[backend][1]
+        assert "within 1 s plus `CACHE_LOCAL_TTL` in every other worker and instance" in table[backend][1]
     assert "may still be stored after it" in TEXT  # a call in flight when the purge came

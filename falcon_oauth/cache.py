@@ -42,6 +42,7 @@ from falcon_oauth.settings import Settings
 KEY_FORMAT = "fo4"  # fo4: entries with a stale window (fo3: sealed values; fo2: JSON in the clear)
 GENERATION_REFRESH = 1.0  # seconds between reads of the shared generation
 HIT, MISS, STALE = "hit", "miss", "stale"
+REJECTED = "\0rejected"  # what the store reads for a value that failed authentication (counted there)
 
 
 # -- entries --------------------------------------------------------------------------------------------
@@ -207,20 +208,23 @@ class VerdictCache:
         stale = entry = self.local.get(key, now)
         if entry is not None and now < entry.fresh_until:
             return entry.record, HIT
+        recheck = True
         if self.shared:
-            entry = self.lifetimes.from_json((yield Shared("get", (key,))), now)
+            value = yield Shared("get", (key,))
+            entry = self.lifetimes.from_json(value, now)
             if entry is not None and now < entry.fresh_until:
                 self.local.set(key, entry, min(now + self.local_ttl, entry.stale_until))
                 return entry.record, HIT
             stale = stale or entry
+            recheck = value != REJECTED  # a planted value is read (and counted) once a lookup
         try:
-            return (yield Join(key, lambda: self._fill(key, fill)))
+            return (yield Join(key, lambda: self._fill(key, fill, recheck)))
         except Undecided:
             if servable_stale(stale, self._clock()):
                 return stale.record, STALE
             raise
 
-    def _fill(self, key: str, fill: Callable[[], Generator[Any, Any, Introspected]]
+    def _fill(self, key: str, fill: Callable[[], Generator[Any, Any, Introspected]], recheck: bool = True
               ) -> Generator[Any, Any, tuple[Introspected, str]]:
         lock = None
         if self.shared:
@@ -229,7 +233,7 @@ class VerdictCache:
                 entry = yield from self._wait_for_peer(key)
                 if entry is not None:
                     return entry.record, HIT
-            else:  # a peer may have filled it between our read and our lock: read again under the lock
+            elif recheck:  # a peer may have filled it between our read and our lock: read again under the lock
                 now = self._clock()
                 entry = self.lifetimes.from_json((yield Shared("get", (key,))), now)
                 if entry is not None and now < entry.fresh_until:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from typing import Any
 
@@ -26,7 +27,7 @@ from dogpile.cache import make_region, register_backend
 from dogpile.cache.api import NO_VALUE, CantDeserializeException
 from dogpile.cache.backends.memcached import MemcachedLock, PyMemcacheBackend
 
-from falcon_oauth.cache import KEY_FORMAT, cache_secret, lock_timeout
+from falcon_oauth.cache import KEY_FORMAT, REJECTED, cache_secret, lock_timeout
 from falcon_oauth.metrics import CACHE_ERRORS, CACHE_REJECTED
 from falcon_oauth.seal import Sealer, SealingProxy, derive_key
 from falcon_oauth.settings import Settings
@@ -132,6 +133,7 @@ class Store:
         self._settings = settings
         self.errors = 0
         self._last_error_log = self._last_rejected_log = -math.inf
+        self._read = threading.local()  # whether this thread's read met a value that failed authentication
         secret = cache_secret(settings)
         config = region_config(settings)
         config["cache.wrap"] = [SealingProxy(Sealer(derive_key(secret, f"falcon-oauth {KEY_FORMAT} cache values")),
@@ -149,6 +151,7 @@ class Store:
                         self.backend_name, type(exc).__name__)
 
     def _rejected(self) -> None:
+        self._read.rejected = True
         CACHE_REJECTED.inc()
         now = time.monotonic()
         if now - self._last_rejected_log >= LOG_INTERVAL:
@@ -158,12 +161,16 @@ class Store:
                         "counted in falcon_oauth_cache_rejected_values_total", self.backend_name)
 
     def get(self, key: str) -> Any:
-        """The opened value, or None (absent, not sealed by us, or a fault)."""
+        """The opened value; None when absent or on a fault; ``REJECTED`` for a value that failed authentication
+        (the sealing proxy reports it in this thread)."""
+        self._read.rejected = False
         try:
             value = self.region.get(key, ignore_expiration=True)
         except Exception as exc:
             self._report(exc)
             return None
+        if self._read.rejected:
+            return REJECTED
         return None if value is NO_VALUE else value
 
     def set(self, key: str, value: Any) -> bool:

@@ -37,19 +37,21 @@ def test_second_request_is_a_hit(make_client, standin, backend):
 
 
 def test_a_cached_verdict_never_outlives_its_token(make_client, standin, backend):
-    client = make_client(load_settings(standin.environ(CLOCK_SKEW_SECONDS="0", **backend)))
-    standin.answers["short-1"] = {"active": True, "sub": "u", "exp": int(time.time()) + 2}
+    now = [time.time()]
+    client = make_client(load_settings(standin.environ(CLOCK_SKEW_SECONDS="0", **backend)), clock=lambda: now[0])
+    standin.answers["short-1"] = {"active": True, "sub": "u", "exp": int(now[0]) + 2}
     assert ask(client, "short-1")["authenticated"] is True
     assert ask(client, "short-1")["metadata"] == {"cache": "hit"}
-    time.sleep(2.5)
+    now[0] += 2.5
     later = ask(client, "short-1")
     assert later["authenticated"] is False and later["error_message"] == "token_expired"
 
 
 def test_inactive_verdicts_live_cache_negative_ttl(make_client, standin, backend):
-    client = make_client(load_settings(standin.environ(CACHE_NEGATIVE_TTL="1", **backend)))
+    now = [time.time()]
+    client = make_client(load_settings(standin.environ(CACHE_NEGATIVE_TTL="1", **backend)), clock=lambda: now[0])
     assert [ask(client, "inactive-1")["metadata"]["cache"] for _ in range(2)] == ["miss", "hit"]
-    time.sleep(1.2)
+    now[0] += 1.2
     assert ask(client, "inactive-1")["metadata"]["cache"] == "miss"
     assert standin.calls["inactive-1"] == 2
 

@@ -99,11 +99,14 @@ def servable_stale(entry: Entry | None, now: float) -> bool:
 
 def binding(settings: Settings) -> bytes:
     """Everything that changes what is stored for a token: where and as whom the plugin asks (the service
-    token's endpoint, scope and audience with CLIENT_AUTH_METHOD=bearer), and what userinfo adds. Keys are
+    token's endpoint, scope and audience with CLIENT_AUTH_METHOD=bearer), what userinfo adds, and, with
+    JWT_VALIDATION, what a JWT is checked against (keys, typ, algorithms, issuers, audiences). Keys are
     bound to it, so configurations that differ in any of it never share an entry."""
+    jwt = [settings.jwks_url, settings.jwt_require_typ, settings.jwt_algorithms, settings.jwt_issuers,
+           settings.audiences] if settings.jwt_validation else None
     return orjson.dumps([settings.introspection_url, settings.userinfo_url, settings.userinfo_required,
                          settings.oauth_client_id, settings.client_auth_method, settings.token_url,
-                         settings.token_scope, settings.token_audience])
+                         settings.token_scope, settings.token_audience, jwt])
 
 
 def cache_secret(settings: Settings) -> str:

@@ -560,7 +560,7 @@ class Metadata(NamedTuple):
     refused: dict[str, str]  # the endpoints refused, by metadata key: why
 
 
-METADATA_ENDPOINTS = ("introspection_endpoint", "userinfo_endpoint", "token_endpoint")
+METADATA_ENDPOINTS = ("introspection_endpoint", "userinfo_endpoint", "token_endpoint", "jwks_uri")
 
 
 def endpoints_from_metadata(status: int, body: bytes, issuer: str) -> Metadata | None:

@@ -24,7 +24,7 @@ log = logging.getLogger("falcon_oauth.discovery")
 
 # What discovery may fill in: the setting, and the metadata's name for it
 DISCOVERABLE = (("introspection_endpoint", "introspection_endpoint"), ("userinfo_endpoint", "userinfo_endpoint"),
-                ("token_endpoint", "token_endpoint"))
+                ("token_endpoint", "token_endpoint"), ("jwks_uri", "jwks_uri"))
 
 # What was last logged for each issuer in this process: the endpoints in use and the refused ones
 _logged: dict[str, tuple[object, ...]] = {}
@@ -50,10 +50,11 @@ def discovery(operator: Settings, call: Call) -> Generator[Any, Any, Settings]:
             filled = {name: metadata.endpoints[key] for name, key in DISCOVERABLE
                       if getattr(operator, name) is None and key in metadata.endpoints}
             settings = operator.replace(**filled, discovered=tuple(filled))
-            if not settings.introspection_endpoint:  # never the default path in place of a discovered one
-                raise SettingsError("OIDC_DISCOVERY", "the metadata names no usable introspection_endpoint"
-                                    + "".join(f" ({reason})" for key, reason in metadata.refused.items()
-                                              if key == "introspection_endpoint"))
+            for name, needed in (("introspection_endpoint", True), ("jwks_uri", operator.jwt_validation)):
+                if needed and not getattr(settings, name):  # never the default path in place of a discovered one
+                    raise SettingsError("OIDC_DISCOVERY", f"the metadata names no usable {name}"
+                                        + "".join(f" ({reason})" for key, reason in metadata.refused.items()
+                                                  if key == name))
             _log_in_use(operator.auth_server_url, settings, metadata.refused)
             return settings
     why = "".join(f"; refused its {key}: {reason}" for key, reason in refused.items())
@@ -65,13 +66,13 @@ def _log_in_use(issuer: str, settings: Settings, refused: dict[str, str]) -> Non
     """The endpoints in use (no credentials, no query), when they differ from the last ones logged."""
     shown = {name: core.display_url(url) if url else "none" for name, url in (
         ("introspection", settings.introspection_url), ("userinfo", settings.userinfo_url),
-        ("token", settings.token_url))}
+        ("token", settings.token_url), ("jwks", settings.jwks_url))}
     state = (tuple(shown.items()), tuple(sorted(refused.items())))
     if _logged.get(issuer) == state:
         return
     _logged[issuer] = state
-    log.info("endpoints in use after reading the metadata of %s: introspection %s, userinfo %s, token %s",
-             core.display_url(issuer), shown["introspection"], shown["userinfo"], shown["token"],
+    log.info("endpoints in use after reading the metadata of %s: introspection %s, userinfo %s, token %s, jwks %s",
+             core.display_url(issuer), shown["introspection"], shown["userinfo"], shown["token"], shown["jwks"],
              extra={"endpoints": shown})
     for key, reason in refused.items():
         log.warning("the metadata of %s names a %s that is refused (%s); it is not used",

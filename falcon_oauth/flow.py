@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any
 
-from falcon_oauth import core
+from falcon_oauth import core, jwt
 from falcon_oauth import metrics as obs
 from falcon_oauth.cache import MISS, STALE, VerdictCache
 from falcon_oauth.core import Answer, HttpRequest, Introspected, PluginRequest, Undecided
@@ -38,6 +38,7 @@ PROBE_TOKEN = "falcon-oauth-readiness-probe"
 READY_FRESH_SECONDS = 30.0  # an answer this recent makes the service ready without a probe
 PROBE_INTERVAL_SECONDS = 5.0  # at most one readiness probe this often
 SERVICE_TOKEN = "\0service-token"  # the Join key of the service token's fetch (no cache key looks like it)
+JWKS = "\0jwks"  # ... and of the JWKS's fetch
 
 class RetryBudget:
     """Retries allowed while they stay under ``ratio`` of the calls of the last ``window`` seconds, with
@@ -136,6 +137,11 @@ class Flow:
         self.last_answer = -math.inf  # monotonic time of the last trustworthy introspection answer
         self.last_probe = -math.inf
         self.last_problem: str | None = None
+        self.jwks: jwt.KeyRefresh | None = None  # JWT_VALIDATION: the JWKS and when to fetch it again
+        if settings.jwt_validation:
+            self.jwt_policy = jwt.JwtPolicy(settings.jwt_algorithms, settings.jwt_require_typ, settings.jwt_issuers,
+                                            settings.audiences, settings.clock_skew_seconds).validated()
+            self.jwks = jwt.KeyRefresh(settings.jwks_refresh_seconds, settings.jwks_min_refetch_seconds)
 
     # -- the plugin's endpoints ------------------------------------------------------------------------
 
@@ -148,7 +154,7 @@ class Flow:
             return self._answer(request, rid, None, None, started)
         upstream = time.perf_counter()
         try:
-            record, source = yield from self.cache.get_or_fill(request.token, lambda: self._introspect(request.token))
+            record, source = yield from self.cache.get_or_fill(request.token, lambda: self._validate(request.token))
         except Undecided as error:
             self._report(request, rid, "undecided", error.code, None, MISS, started, upstream, error.detail)
             return core.render_undecided(request.dialect, error, {"X-Request-ID": rid})
@@ -162,11 +168,16 @@ class Flow:
                 yield from self._introspect(PROBE_TOKEN)
             except Undecided:
                 pass
+        if self.jwks is not None and self.jwks.due(self._monotonic()):
+            yield Join(JWKS, self._fetch_jwks)
         cache_ok, cache_errors = yield from self.cache.health()
         fresh = self._monotonic() - self.last_answer < READY_FRESH_SECONDS
+        if self.jwks is not None and self.jwks.keys is not None:
+            fresh = True  # JWTs are verified with the keys held, whatever introspection does
         body = {"status": "ready" if fresh else "unavailable",
                 "auth_server": "ok" if fresh else (self.last_problem or core.AUTH_SERVER_UNAVAILABLE),
                 "breaker": self.breaker.state,
+                **({"jwks": "ok" if self.jwks.keys is not None else "none"} if self.jwks is not None else {}),
                 "cache": {"backend": self.cache.backend_name, "state": "ok" if cache_ok else "degraded",
                           "errors": cache_errors}}
         return Answer(200 if fresh else 503, body)
@@ -176,9 +187,54 @@ class Flow:
 
     # -- introspection ---------------------------------------------------------------------------------
 
-    def _introspect(self, token: str) -> Generator[Any, Any, Introspected]:
+    def _validate(self, token: str) -> Generator[Any, Any, Introspected]:
+        """What the authorization server says of a token: by its JWKS for a JWT (JWT_VALIDATION), else by
+        introspection. A JWT that fails verification is rejected, never passed on to introspection."""
         if self.settings.oidc_discovery and self._monotonic() >= self.next_discovery:
             yield from self._rediscover()
+        if self.jwks is not None and jwt.looks_like_jws(token):
+            return (yield from self._verify_jwt(token))
+        return (yield from self._introspect(token))
+
+    def _verify_jwt(self, token: str) -> Generator[Any, Any, Introspected]:
+        """One signature verification with the keys held; an unknown ``kid`` fetches the JWKS again, at most
+        once per JWKS_MIN_REFETCH_SECONDS and once for every waiting request (a rotated-in key)."""
+        if self.jwks.due(self._monotonic()):
+            yield Join(JWKS, self._fetch_jwks)
+        if self.jwks.keys is None:
+            raise Undecided(core.AUTH_SERVER_UNAVAILABLE, "no JWKS fetched yet")
+        try:
+            record = jwt.verify(token, self.jwks.keys, self.jwt_policy, self._clock())
+        except jwt.UnknownKey:
+            record = None
+            if self.jwks.may_refetch(self._monotonic()):
+                yield Join(JWKS, self._fetch_jwks)
+                try:
+                    record = jwt.verify(token, self.jwks.keys, self.jwt_policy, self._clock())
+                except jwt.UnknownKey:
+                    pass
+            if record is None:
+                obs.child(obs.JWT_VERIFICATIONS, "unknown_key").inc()
+                return Introspected(False, {}, core.INVALID_TOKEN)
+        obs.child(obs.JWT_VERIFICATIONS, "valid" if record.active else "rejected").inc()
+        return record
+
+    def _fetch_jwks(self) -> Generator[Any, Any, bool]:
+        """The JWKS again; a failure keeps the keys held (and is retried after JWKS_MIN_REFETCH_SECONDS)."""
+        url = self.settings.jwks_url
+        try:
+            answer = yield from self._call(self.jwks.request(url))
+            ok = self.jwks.fetched(answer.status, answer.body, answer.headers.get("cache-control"), self._monotonic())
+            why = f"status {answer.status}" if answer.status != 200 else "no usable key"
+        except Undecided as error:
+            ok, why = self.jwks.fetched(0, b"", None, self._monotonic()), error.code
+        obs.child(obs.JWKS_FETCHES, "ok" if ok else "failed").inc()
+        if not ok:
+            log.warning("fetching the JWKS at %s failed (%s); %s", core.display_url(url), why,
+                        "keeping the keys held" if self.jwks.keys is not None else "JWTs cannot be verified yet")
+        return ok
+
+    def _introspect(self, token: str) -> Generator[Any, Any, Introspected]:
         s = self.settings
         bearer = yield from self._service_token()
         answer = yield from self._call(core.introspection_request(

@@ -41,6 +41,10 @@ INFLIGHT = Gauge("falcon_oauth_inflight_introspections", "Calls to the authoriza
 BREAKER_STATE = Gauge("falcon_oauth_breaker_state", "The circuit breaker in front of the authorization server: "
                       "0 closed, 1 half-open (one probe call decides), 2 open (misses answered 503 at once)",
                       multiprocess_mode="livemax")
+JWT_VERIFICATIONS = Counter("falcon_oauth_jwt_verifications", "JWT access tokens verified locally (no call to "
+                            "the authorization server), by result (valid, rejected, unknown_key)", ["result"])
+JWKS_FETCHES = Counter("falcon_oauth_jwks_fetches", "Fetches of the authorization server's JWKS by result (ok, failed)",
+                       ["result"])
 STALE_SERVED = Counter("falcon_oauth_stale_served", "Verdicts served from an entry past its cache lifetime "
                        "while the authorization server could not decide (CACHE_STALE_IF_ERROR)")
 

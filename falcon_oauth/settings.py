@@ -93,6 +93,12 @@ class Settings:
     issuers: tuple[str, ...] = ()
     token_types: tuple[str, ...] = ("Bearer", "access_token")
     routes: tuple[Route, ...] = ()
+    jwt_validation: bool = False
+    jwt_require_typ: bool = True
+    jwt_algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
+    jwks_uri: str | None = None  # discovered (jwks_uri) unless set
+    jwks_refresh_seconds: int = 300
+    jwks_min_refetch_seconds: int = 10
     version: str = __version__
     discovered: tuple[str, ...] = ()  # the fields discovery filled in (not read from the environment)
 
@@ -107,6 +113,15 @@ class Settings:
     @property
     def token_url(self) -> str | None:
         return _endpoint_url(self.auth_server_url, self.token_endpoint) if self.token_endpoint else None
+
+    @property
+    def jwks_url(self) -> str | None:
+        return _endpoint_url(self.auth_server_url, self.jwks_uri) if self.jwks_uri else None
+
+    @property
+    def jwt_issuers(self) -> tuple[str, ...]:
+        """The issuers a JWT's ``iss`` must equal: ``ISSUERS``, else the authorization server itself."""
+        return self.issuers or (self.auth_server_url,)
 
     @property
     def userinfo_url(self) -> str | None:
@@ -301,7 +316,8 @@ def _validated(s: Settings) -> Settings:
     check(url.scheme in ("http", "https") and bool(url.hostname), "AUTH_SERVER_URL",
           "must be an http(s) URL with a host")
     for key, endpoint in (("INTROSPECTION_ENDPOINT", s.introspection_endpoint),
-                          ("USERINFO_ENDPOINT", s.userinfo_endpoint), ("TOKEN_ENDPOINT", s.token_endpoint)):
+                          ("USERINFO_ENDPOINT", s.userinfo_endpoint), ("TOKEN_ENDPOINT", s.token_endpoint),
+                          ("JWKS_URI", s.jwks_uri)):
         if endpoint and urlsplit(endpoint).scheme:
             check(urlsplit(endpoint).scheme in ("http", "https") and bool(urlsplit(endpoint).hostname),
                   key, "must be a path or an http(s) URL")
@@ -352,5 +368,15 @@ def _validated(s: Settings) -> Settings:
             host, _, port = server.rpartition(":")
             check(bool(host) and port.isdigit() and 0 < int(port) < 65536, "MEMCACHED_SERVERS",
                   "must be host:port[,host:port...]")
+    if s.jwt_validation:
+        from falcon_oauth.jwt import ASYMMETRIC  # joserfc loads only when JWTs are validated
+
+        check(bool(s.audiences), "AUDIENCES", "is required with JWT_VALIDATION=true (a JWT must be meant for you)")
+        check(bool(s.jwt_algorithms) and set(s.jwt_algorithms) <= ASYMMETRIC, "JWT_ALGORITHMS",
+              f"must be among {' '.join(sorted(ASYMMETRIC))} (never none, never an HMAC algorithm)")
+        check(bool(s.jwks_uri) or s.oidc_discovery, "JWKS_URI",
+              "is required with JWT_VALIDATION=true (or set OIDC_DISCOVERY=true)")
+    check(60 <= s.jwks_refresh_seconds <= 86400, "JWKS_REFRESH_SECONDS", "must be between 60 and 86400")
+    check(1 <= s.jwks_min_refetch_seconds <= 3600, "JWKS_MIN_REFETCH_SECONDS", "must be between 1 and 3600")
     return dataclasses.replace(s, log_level=s.log_level.upper())
 

@@ -245,7 +245,11 @@ def test_keys_are_bound_to_the_secret_and_to_what_changes_a_verdict(standin):
                {"oauth_client_id": "another-client"}, {"client_auth_method": "client_secret_post"},
                {"client_auth_method": "bearer", "token_endpoint": "/token"},
                {"client_auth_method": "bearer", "token_endpoint": "/token", "token_scope": "introspect"},
-               {"client_auth_method": "bearer", "token_endpoint": "/token", "token_audience": "api"}]
+               {"client_auth_method": "bearer", "token_endpoint": "/token", "token_audience": "api"},
+               {"jwt_validation": True, "jwks_uri": "/jwks", "audiences": ("api",)},
+               {"jwt_validation": True, "jwks_uri": "/jwks", "audiences": ("api",), "jwt_require_typ": False},
+               {"jwt_validation": True, "jwks_uri": "/jwks", "audiences": ("api",), "jwt_algorithms": ("ES256",)},
+               {"jwt_validation": True, "jwks_uri": "/other-jwks", "audiences": ("api",)}]
     keys = {CacheClient(base.replace(**change)).key("tok") for change in changes}
     assert len(keys) == len(changes) and key not in keys
     unset = base.replace(cache_key_secret=None)  # the fallback secret: the client credentials

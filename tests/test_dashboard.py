@@ -11,7 +11,8 @@ import promql_parser
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, free_port
+from falcon_oauth.discovery import discover_at_start
+from tests.conftest import APP_CLIENT, ROOT, free_port
 
 DASHBOARD = json.loads((ROOT / "deploy" / "grafana" / "falcon-oauth.json").read_text())
 TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every series it scrapes
@@ -97,6 +98,12 @@ def exported(authserver, make_client) -> dict[str, dict[str, set[str]]]:
     for token in (authserver.token(), authserver.token(), revoked):
         for _ in range(2):  # a miss, then a hit
             client.simulate_post("/plugin/authenticate", json={"credentials": {"type": "bearer", "token": token}})
+    jwts = make_client(discover_at_start(authserver.settings(JWT_VALIDATION="true", OIDC_DISCOVERY="true",
+                                                             AUDIENCES="https://jwt.example.test")))
+    issued = authserver.http.post("/token", data={"grant_type": "client_credentials", "scope": "read",
+                                                  "resource": "https://jwt.example.test"}, auth=APP_CLIENT)
+    assert jwts.simulate_post("/plugin/authenticate", json={"credentials": {
+        "type": "bearer", "token": issued.json()["access_token"]}}).json["result"]["authenticated"]
     down = make_client(authserver.settings(AUTH_SERVER_URL=f"http://127.0.0.1:{free_port()}", AUTH_SERVER_RETRIES="0"))
     answer = down.simulate_post("/plugin/authenticate", json={"credentials": {"type": "bearer", "token": "t-down"}})
     assert answer.status_code == 503

@@ -130,7 +130,8 @@ def test_the_endpoints_in_use_are_logged_once_at_start_and_again_when_they_chang
     assert settings.introspection_url == f"{issuer.url}/introspect?tenant=1" and settings.token_url is None
     discover(issuer.settings())  # a refresh that finds the same: nothing new to say
     (first,) = [r for r in caplog.records if r.levelno == logging.INFO]
-    assert first.endpoints == {"introspection": f"{issuer.url}/introspect", "userinfo": "none", "token": "none"}
+    assert first.endpoints == {"introspection": f"{issuer.url}/introspect", "userinfo": "none", "token": "none",
+                               "jwks": "none"}
     (refusal,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "token_endpoint" in refusal.getMessage() and "credentials in the URL" in refusal.getMessage()
     assert "hunter2" not in caplog.text and "tenant" not in caplog.text  # no credentials, no query
@@ -140,7 +141,7 @@ def test_the_endpoints_in_use_are_logged_once_at_start_and_again_when_they_chang
     assert discover(issuer.settings()).userinfo_url == f"{issuer.url}/me"
     second = [r for r in caplog.records if r.levelno == logging.INFO][1]
     assert second.endpoints == {"introspection": f"{issuer.url}/v2/introspect", "userinfo": f"{issuer.url}/me",
-                                "token": "none"}
+                                "token": "none", "jwks": "none"}
 
 
 def test_metadata_without_a_usable_introspection_endpoint_never_falls_back_to_the_default_path(issuer):

@@ -55,11 +55,16 @@ const configuration = {
     userinfo: { enabled: true },
     resourceIndicators: {
       enabled: true,
-      // tokens for https://api.example.test carry it as their audience (still opaque, still introspectable)
+      // tokens for https://api.example.test carry it as their audience (still opaque, still introspectable);
+      // tokens for https://jwt.example.test are JWTs
       defaultResource: () => undefined,
       getResourceServerInfo: (ctx, resource) => {
         if (resource === 'https://api.example.test') {
           return { scope: 'read write orders:read orders:write', audience: resource, accessTokenFormat: 'opaque' };
+        }
+        if (resource === 'https://jwt.example.test') {
+          // RFC 9068 JWT access tokens (typ at+jwt), signed with the provider's keys, published at /jwks
+          return { scope: 'read write admin', audience: resource, accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } };
         }
         throw new Provider.errors.InvalidTarget();
       },

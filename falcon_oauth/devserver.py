@@ -5,9 +5,11 @@ a real one (they run oidc-provider).
 It speaks RFC 7662 introspection, RFC 7009 revocation, the client_credentials grant, OpenID Connect
 userinfo and RFC 8414 metadata, at ``/introspect``, ``/revoke``, ``/token``, ``/userinfo`` and also under
 ``/oauth/`` (the plugin's default INTROSPECTION_ENDPOINT is ``/oauth/introspect``), so a plugin given only
-its address and the development client's secret works. Clients, users and fixed tokens come from a YAML
-file (``config/devserver.example.yaml``); faults (latency, an HTTP status, a garbage body) can be set per
-token in that file, or for every call with ``POST /admin/faults`` from this machine (loopback) only.
+its address and the development client's secret works. It publishes a JWKS at ``/jwks`` and issues RFC 9068
+JWT access tokens (``typ: at+jwt``, RS256, audience ``JWT_AUDIENCE``) for a client_credentials request with
+``resource=JWT_AUDIENCE``. Clients, users and fixed tokens come from a YAML file
+(``config/devserver.example.yaml``); faults (latency, an HTTP status, a garbage body) can be set per token in
+that file, or for every call with ``POST /admin/faults`` from this machine (loopback) only.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import falcon
 
+JWT_AUDIENCE = "https://mockforge.local"  # the audience of its JWT access tokens (RFC 8707 ``resource``)
 DEV_CLIENT = ("mockforge", "mockforge-dev-secret")  # the plugin's default OAUTH_CLIENT_ID, and its secret here
 DEFAULT_CONFIG: dict[str, Any] = {
     "clients": [{"client_id": DEV_CLIENT[0], "client_secret": DEV_CLIENT[1]},
@@ -59,8 +62,12 @@ class DevAuthServer:
     """The server's state and its Falcon resources."""
 
     def __init__(self, config: dict[str, Any] | None = None, issuer: str = "http://127.0.0.1") -> None:
+        from joserfc.jwk import RSAKey  # its signing key: made at start, never stored
+
         config = config or DEFAULT_CONFIG
         self.issuer = issuer
+        self.signing_key = RSAKey.generate_key(2048, parameters={"kid": secrets.token_hex(8), "use": "sig",
+                                                                   "alg": "RS256"})
         self.clients = {c["client_id"]: str(c["client_secret"]) for c in config.get("clients", [])}
         self.users = {u["sub"]: dict(u) for u in config.get("users", [])}
         self.lock = threading.Lock()
@@ -108,12 +115,29 @@ class DevAuthServer:
             return True
         return False
 
+    def jwt_access_token(self, client_id: str, scope: str, sub: str | None = None, expires_in: int = 3600) -> str:
+        """An RFC 9068 JWT access token for ``JWT_AUDIENCE``, signed with this server's key."""
+        import json
+
+        from joserfc import jws
+
+        now = int(time.time())
+        claims = {"iss": self.issuer, "aud": JWT_AUDIENCE, "sub": sub or client_id, "client_id": client_id,
+                  "scope": scope, "iat": now, "exp": now + expires_in, "jti": secrets.token_urlsafe(16)}
+        header = {"alg": "RS256", "typ": "at+jwt", "kid": self.signing_key.kid}
+        return jws.serialize_compact(header, json.dumps(claims), self.signing_key)
+
     # -- endpoints ----------------------------------------------------------------------------------
+    def on_get_jwks(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"keys": [self.signing_key.as_dict(private=False)]}
+        resp.set_header("Cache-Control", "max-age=300")
+
     def on_get_metadata(self, req: falcon.Request, resp: falcon.Response) -> None:
         base = self.issuer
         resp.media = {"issuer": base, "token_endpoint": f"{base}/token",
                       "introspection_endpoint": f"{base}/introspect", "revocation_endpoint": f"{base}/revoke",
-                      "userinfo_endpoint": f"{base}/userinfo", "grant_types_supported": ["client_credentials"],
+                      "userinfo_endpoint": f"{base}/userinfo", "jwks_uri": f"{base}/jwks",
+                      "grant_types_supported": ["client_credentials"],
                       "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
                       "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"]}
 
@@ -122,9 +146,14 @@ class DevAuthServer:
         client_id = self._client(req, form)
         if form.get("grant_type") != "client_credentials":
             raise falcon.HTTPError(falcon.HTTP_400, title="unsupported_grant_type")
-        value = secrets.token_urlsafe(32)
-        with self.lock:
-            self.tokens[value] = Token(client_id, form.get("scope", ""), None, int(time.time()) + 3600)
+        if form.get("resource") not in (None, JWT_AUDIENCE):
+            raise falcon.HTTPError(falcon.HTTP_400, title="invalid_target")
+        if form.get("resource") == JWT_AUDIENCE:
+            value = self.jwt_access_token(client_id, form.get("scope", ""))
+        else:
+            value = secrets.token_urlsafe(32)
+            with self.lock:
+                self.tokens[value] = Token(client_id, form.get("scope", ""), None, int(time.time()) + 3600)
         resp.media = {"access_token": value, "token_type": "Bearer", "expires_in": 3600,
                       "scope": form.get("scope", "")}
 
@@ -138,7 +167,7 @@ class DevAuthServer:
             resp.media = {"active": False}
             return
         claims: dict[str, Any] = {"active": True, "client_id": token.client_id, "token_type": "Bearer",
-                                  "iss": self.issuer}
+                                  "iss": self.issuer, "aud": JWT_AUDIENCE}  # one resource server: MockForge
         for key, value in (("scope", token.scope or None), ("sub", token.sub), ("exp", token.exp)):
             if value is not None:
                 claims[key] = value
@@ -178,7 +207,7 @@ class DevAuthServer:
         app = falcon.App()
         app.add_route("/.well-known/oauth-authorization-server", self, suffix="metadata")
         app.add_route("/.well-known/openid-configuration", self, suffix="metadata")
-        for name in ("token", "introspect", "revoke", "userinfo"):
+        for name in ("token", "introspect", "revoke", "userinfo", "jwks"):
             app.add_route(f"/{name}", self, suffix=name)
             app.add_route(f"/oauth/{name}", self, suffix=name)
         app.add_route("/admin/faults", self, suffix="faults")
@@ -204,10 +233,12 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def start_devserver(config: dict[str, Any] | None = None, host: str = "127.0.0.1", port: int = 0) -> tuple[str, Any]:
-    """Serve in a background thread; returns the base URL and the server (``.shutdown()`` stops it)."""
+    """Serve in a background thread; returns the base URL and the server (``.shutdown()`` stops it;
+    ``.authorization_server`` is the ``DevAuthServer``)."""
     server = make_server(host, port, falcon.App(), server_class=_ThreadingServer, handler_class=_QuietHandler)
     url = f"http://{host}:{server.server_port}"
-    server.set_app(DevAuthServer(config, issuer=url).app())
+    server.authorization_server = DevAuthServer(config, issuer=url)
+    server.set_app(server.authorization_server.app())
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return url, server
 
@@ -258,7 +289,8 @@ def run_devserver(path: str | None = None) -> None:
                    "(set DEVSERVER_PORT to another port)") from None
     client_id, secret = plugin_client(config)
     print(f"DEVELOPMENT authorization server (not for production) on {url}\n"
-          f"  introspection {url}/oauth/introspect (also /introspect), userinfo {url}/userinfo, token {url}/token\n"
+          f"  introspection {url}/oauth/introspect (also /introspect), userinfo {url}/userinfo, token {url}/token,\n"
+          f"  JWKS {url}/jwks (JWT access tokens: client_credentials with resource={JWT_AUDIENCE})\n"
           f"  run the plugin against it with:\n"
           f"  AUTH_SERVER_URL={url} OAUTH_CLIENT_ID={client_id} OAUTH_CLIENT_SECRET={secret} falcon-oauth",
           flush=True)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from falcon_oauth.devserver import DEV_CLIENT, DevAuthServer, start_devserver
+from falcon_oauth.devserver import DEV_CLIENT, JWT_AUDIENCE, DevAuthServer, start_devserver
 from falcon_oauth.settings import load_settings
 from tests.conftest import ROOT, free_port, stop
 
@@ -56,6 +56,22 @@ def test_client_credentials_revocation_userinfo_and_metadata(devserver):
     metadata = devserver.get("/.well-known/oauth-authorization-server").json()
     assert metadata["issuer"] == str(devserver.base_url).rstrip("/")
     assert metadata["introspection_endpoint"].endswith("/introspect")
+    assert devserver.get(metadata["jwks_uri"]).json()["keys"][0]["kty"] == "RSA"
+
+
+def test_jwt_access_tokens_for_its_resource_verify_with_its_jwks(devserver):
+    from falcon_oauth import jwt
+
+    issued = devserver.post("/token", data={"grant_type": "client_credentials", "scope": "read",
+                                            "resource": JWT_AUDIENCE}, auth=("demo-app", "demo-app-secret")).json()
+    keys = jwt.KeySet.from_jwks(devserver.get("/jwks").content)
+    issuer = str(devserver.base_url).rstrip("/")
+    policy = jwt.JwtPolicy(jwt.DEFAULT_ALGORITHMS, True, (issuer,), (JWT_AUDIENCE,), 0)
+    record = jwt.verify(issued["access_token"], keys, policy, time.time())
+    assert record.active and record.claims["client_id"] == "demo-app" and record.claims["scope"] == "read"
+    refused = devserver.post("/token", data={"grant_type": "client_credentials", "resource": "https://other.test"},
+                             auth=("demo-app", "demo-app-secret"))
+    assert refused.status_code == 400
 
 
 def test_faults_per_token_and_for_every_call(devserver):
@@ -200,7 +216,8 @@ def test_the_demo_is_ready_when_it_says_so_and_each_curl_gets_the_answer_on_its_
         assert_loopback_only(port)
         pairs = [(label, command) for label, command in zip(banner, banner[1:], strict=False)
                  if command.startswith("curl ")]
-        assert len(pairs) == 7 and all(label.startswith("# ") for label, _ in pairs)
+        assert len(pairs) == 8 and all(label.startswith("# ") for label, _ in pairs)
+        assert any("JWT access token" in label for label, _ in pairs)
         for label, command in pairs:
             assert f"127.0.0.1:{port}" in command
             ran = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)

@@ -161,8 +161,9 @@ class Flow:
         return self._answer(request, rid, record, source, started, upstream if source == MISS else None)
 
     def readiness(self) -> Effects:
-        """Ready when the authorization server answered lately (else a probe, at most every few seconds). A cache
-        outage degrades but stays ready: requests still succeed, from the authorization server."""
+        """Ready when the authorization server answered lately (else a probe, at most every few seconds), or,
+        with JWT_VALIDATION, while JWKS keys are held. A cache outage degrades but stays ready: requests still
+        succeed, from the authorization server."""
         if self._probe_due():
             try:
                 yield from self._introspect(PROBE_TOKEN)
@@ -172,15 +173,15 @@ class Flow:
             yield Join(JWKS, self._fetch_jwks)
         cache_ok, cache_errors = yield from self.cache.health()
         fresh = self._monotonic() - self.last_answer < READY_FRESH_SECONDS
-        if self.jwks is not None and self.jwks.keys is not None:
-            fresh = True  # JWTs are verified with the keys held, whatever introspection does
-        body = {"status": "ready" if fresh else "unavailable",
+        # JWTs are verified with the keys held, whatever introspection does
+        ready = fresh or (self.jwks is not None and self.jwks.keys is not None)
+        body = {"status": "ready" if ready else "unavailable",
                 "auth_server": "ok" if fresh else (self.last_problem or core.AUTH_SERVER_UNAVAILABLE),
                 "breaker": self.breaker.state,
                 **({"jwks": "ok" if self.jwks.keys is not None else "none"} if self.jwks is not None else {}),
                 "cache": {"backend": self.cache.backend_name, "state": "ok" if cache_ok else "degraded",
                           "errors": cache_errors}}
-        return Answer(200 if fresh else 503, body)
+        return Answer(200 if ready else 503, body)
 
     def purge(self, token: str | None) -> Effects:
         return (yield from self.cache.purge(token))

@@ -51,6 +51,7 @@ class Issuer:
                 self.answer(owner.jwks_status, json.dumps(body).encode())
 
             def do_POST(self) -> None:  # noqa: N802
+                self.form()  # read, so the kept-alive connection's next request starts where it should
                 owner.introspections += 1
                 self.answer(500, b'{"error": "server_error"}')
 
@@ -243,6 +244,16 @@ def test_no_jwks_yet_is_503_never_a_verdict(make_client, issuer):
     client = make_client(load_settings(issuer.environ()))
     answer = client.simulate_post("/plugin/authenticate", json=host_body(issuer.token()))
     assert answer.status_code == 503 and answer.json["error_message"] == "auth_server_unavailable"
+
+
+def test_readiness_with_jwts_follows_the_keys_held(make_client, issuer):
+    client = make_client(load_settings(issuer.environ()))
+    ready = client.simulate_get("/health/ready")
+    assert ready.status_code == 200 and ready.json["jwks"] == "ok"
+    assert ready.json["auth_server"] != "ok"  # introspection answers 500 here: said, but JWTs still work
+    issuer.jwks_status = 503
+    down = make_client(load_settings(issuer.environ()))
+    assert down.simulate_get("/health/ready").status_code == 503
 
 
 @pytest.mark.parametrize("change, key", [

@@ -1,0 +1,137 @@
+"""The JWT benchmark: ``python bench/jwt.py`` (``--seconds``, ``--rounds``, ``--quick``).
+
+On uvicorn (the shipped fast stack), one worker, side by side in one run: a cached opaque token, a
+repeated JWT (a cache hit too) and a new JWT for every request (one ES256 signature verification each, no
+network), against the floor (bench/floor.py). The plugin runs with JWT_VALIDATION=true and its JWKS served by
+a loopback thread of this script; the stand-in authorization server counts introspection calls, which JWTs
+must not cause. Servers on core 0, wrk on core 1; ratios are medians of each round's ratio. Prints a Markdown
+table; ``--write`` appends it to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+from joserfc import jws
+from joserfc.jwk import ECKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.run import (  # noqa: E402  (run as a script from the repository root)
+    BENCH,
+    LOAD_CORE,
+    SERVER_CORE,
+    Process,
+    median_run,
+    paired_ratio,
+    server_argv,
+    wait_for,
+    wrk,
+)
+
+AUDIENCE = "https://bench.example.test"
+KEY = ECKey.generate_key("P-256", parameters={"kid": "bench-ec"})
+
+
+def jwks_server() -> tuple[str, ThreadingHTTPServer]:
+    body = json.dumps({"keys": [KEY.as_dict(private=False)]}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_port}/jwks", server
+
+
+def token(issuer: str, n: int) -> str:
+    now = int(time.time())
+    claims = {"iss": issuer, "aud": AUDIENCE, "sub": f"user-{n}", "client_id": "bench", "scope": "read",
+              "iat": now, "exp": now + 3600, "jti": f"j{n}"}
+    return jws.serialize_compact({"alg": "ES256", "typ": "at+jwt", "kid": KEY.kid}, json.dumps(claims), KEY)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s: check that it runs")
+    parser.add_argument("--write", action="store_true", help="append the table to bench/RESULTS.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.rounds = 2, 1
+    if not shutil.which("wrk"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    jwks_url, jwks = jwks_server()
+    standin = Process([sys.executable, str(BENCH / "standin.py"), "{port}", "0"], LOAD_CORE)
+    wait_for(f"{standin.url}/stats")
+    issuer = standin.url
+    work = Path(tempfile.mkdtemp(prefix="bench-jwt-"))
+    env = {"AUTH_SERVER_URL": issuer, "INTROSPECTION_ENDPOINT": "/introspect", "OAUTH_CLIENT_SECRET": "bench-secret",
+           "LOG_LEVEL": "INFO", "JWT_VALIDATION": "true", "JWKS_URI": jwks_url, "AUDIENCES": AUDIENCE,
+           "JWT_ALGORITHMS": "ES256", "CACHE_MAX_ENTRIES": "200000"}
+    plugin = Process(server_argv("asgi", "asgi:app"), SERVER_CORE, env)
+    floor = Process(server_argv("asgi", "bench.floor:asgi_app"), SERVER_CORE)
+    try:
+        wait_for(f"{plugin.url}/health")
+        wait_for(floor.url)
+        repeated = token(issuer, 0)
+        expected_rps = 8000  # more tokens than the unique runs can use, even on a fast machine
+        tokens = [token(issuer, n) for n in range(1, expected_rps * args.seconds * args.rounds + 2)]
+        (work / "tokens").write_text("\n".join(tokens) + "\n")
+        runs: dict[str, list[dict]] = {"floor": [], "opaque": [], "jwt": [], "unique": []}
+        wrk_env = {"TOKEN": repeated, "TOKENS_FILE": str(work / "tokens")}
+        for r in range(args.rounds):
+            order = [("floor", floor, "cached.lua"), ("opaque", plugin, "cached.lua"),
+                     ("jwt", plugin, "jwt_cached.lua"), ("unique", plugin, "jwt_unique.lua")]
+            for name, p, script in order if r % 2 == 0 else order[::-1]:
+                if name != "unique":
+                    wrk(p.url + "/plugin/authenticate", script, 32, 1, wrk_env)  # warm
+                runs[name].append(wrk(p.url + "/plugin/authenticate", script, 32, args.seconds,
+                                      {**wrk_env, "TOKENS_SKIP": str(r * expected_rps * args.seconds)}))
+        calls = httpx.get(f"{standin.url}/stats").json()["total"]
+    finally:
+        plugin.stop()
+        floor.stop()
+        standin.stop()
+        jwks.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+    rows = [("floor (parse + constant)", median_run(runs["floor"]), ""),
+            ("cached opaque token", median_run(runs["opaque"]),
+             f"{paired_ratio(runs['opaque'], runs['floor']):.2f} × floor"),
+            ("repeated JWT (a cache hit)", median_run(runs["jwt"]),
+             f"{paired_ratio(runs['jwt'], runs['opaque']):.2f} × cached opaque"),
+            ("a new JWT every request (one ES256 verification)", median_run(runs["unique"]),
+             f"{paired_ratio(runs['unique'], runs['floor']):.2f} × floor")]
+    table = ["| mode | workload | requests/s | p50 ms | p99 ms | non-2xx | ratio |", "|---|---|---|---|---|---|---|"]
+    table += [f"| asgi | {name}, 32 conns | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['non2xx']:.0f} | "
+              f"{ratio} |" for name, r, ratio in rows]
+    report = "\n".join([f"## JWT access tokens ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {args.rounds} "
+                        f"rounds of {args.seconds} s, medians; `python bench/jwt.py`)", "", *table, "",
+                        f"- introspection calls caused by JWTs during the runs: {calls}", ""])
+    print(report)
+    if args.write and not args.quick:
+        with (BENCH / "RESULTS.md").open("a") as results:
+            results.write("\n" + report)
+
+
+if __name__ == "__main__":
+    main()

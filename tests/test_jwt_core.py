@@ -142,16 +142,16 @@ def test_hs256_signed_with_the_rsa_public_key_as_secret_is_refused(secret):
 
 def test_an_oct_key_in_the_jwks_is_never_used_even_under_the_kid_the_attacker_names():
     secret = b"attacker-knows-this-shared-secret"
-    document = {"keys": [{"kty": "oct", "kid": "shared", "k": b64(secret), "alg": "HS256"},
+    document = {"keys": [{"kty": "oct", "kid": "common", "k": b64(secret), "alg": "HS256"},
                          *public(RSA)]}
     keys = KeySet.from_jwks(json.dumps(document).encode())
     assert keys.kids == {"rsa-1"}
-    header = {"alg": "HS256", "typ": "at+jwt", "kid": "shared"}
+    header = {"alg": "HS256", "typ": "at+jwt", "kid": "common"}
     signing_input = f"{b64(header)}.{b64(claims())}".encode()
     token = f"{signing_input.decode()}.{b64(hmac.new(secret, signing_input, hashlib.sha256).digest())}"
     careless = POLICY._replace(algorithms=("RS256", "HS256"))
     assert reason(token, keys=keys, policy=careless) == core.INVALID_TOKEN
-    assert keys.find("shared", "HS256") is None
+    assert keys.find("common", "HS256") is None
 
 
 def test_typ_jwt_or_none_is_refused_when_at_jwt_is_required():

@@ -172,73 +172,71 @@ def authserver() -> Iterator[AuthServer]:
         stop(process)
 
 
-class Memcached:
+class CacheServer:
+    """A cache server of Debian's on a free loopback port, started and killed by a test (outages)."""
+
+    binary = ""
+
     def __init__(self) -> None:
         self.port = free_port()
         self.process: subprocess.Popen[Any] | None = None
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if shutil.which(self.binary) is None and not os.path.exists(f"/usr/bin/{self.binary}"):
+            missing(f"the integration tests need {self.binary} (not on PATH): `scripts/test` installs it")
+        self.process = subprocess.Popen(self.argv(), stdout=subprocess.DEVNULL)
+        wait_for_port(self.port, self.process)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+class Memcached(CacheServer):
+    binary = "memcached"
 
     @property
     def server(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        binary = shutil.which("memcached")
-        if binary is None:
-            missing("the integration tests need memcached (not on PATH): `scripts/test` installs it")
-        self.process = subprocess.Popen([binary, "-l", "127.0.0.1", "-p", str(self.port), "-U", "0",
-                                         "-m", "64", "-u", "root"], stdout=subprocess.DEVNULL)
-        wait_for_port(self.port, self.process)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
+    def argv(self) -> list[str]:
+        return [shutil.which(self.binary) or f"/usr/bin/{self.binary}", "-l", "127.0.0.1", "-p", str(self.port),
+                "-U", "0", "-m", "64", "-u", "root"]
 
 
-@pytest.fixture()
-def memcached() -> Iterator[Memcached]:
-    server = Memcached()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-class Redis:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: subprocess.Popen[Any] | None = None
+class Redis(CacheServer):
+    binary = "redis-server"
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
-        binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server")
-                                                  else None)
-        if binary is None:
-            missing("the integration tests need redis-server (not on PATH): `scripts/test` installs it")
-        self.process = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                                         "--appendonly", "no"], stdout=subprocess.DEVNULL)
-        wait_for_port(self.port, self.process)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
+    def argv(self) -> list[str]:
+        return [shutil.which(self.binary) or f"/usr/bin/{self.binary}", "--bind", "127.0.0.1",
+                "--port", str(self.port), "--save", "", "--appendonly", "no"]
 
 
-@pytest.fixture()
-def redis() -> Iterator[Redis]:
-    server = Redis()
+def _running(server: CacheServer) -> Iterator[CacheServer]:
     server.start()
     try:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture()
+def memcached() -> Iterator[Memcached]:
+    yield from _running(Memcached())
+
+
+@pytest.fixture()
+def redis() -> Iterator[Redis]:
+    yield from _running(Redis())
 
 
 class CacheClient:

@@ -3,9 +3,12 @@
 On uvicorn (the shipped fast stack), one worker, side by side in one run: a cached opaque token, a
 repeated JWT (a cache hit too) and a new JWT for every request (one ES256 signature verification each, no
 network), against the floor (bench/floor.py). The plugin runs with JWT_VALIDATION=true and its JWKS served by
-a loopback thread of this script; the stand-in authorization server counts introspection calls, which JWTs
-must not cause. Servers on core 0, wrk on core 1; ratios are medians of each round's ratio. Prints a Markdown
-table; ``--write`` appends it to bench/RESULTS.md.
+a loopback thread of this script; the stand-in authorization server answers with the plugin's audience, so the
+opaque token is authenticated as the JWTs are (like for like), and counts introspection calls, which JWTs must
+not cause. The plugin's own counter of signature verifications is read around every run: none during the runs
+of the repeated JWT, one per request during those of new JWTs. Servers on core 0, wrk on core 1; ratios are
+medians of each round's ratio. Prints a Markdown table; ``--write`` appends it to bench/RESULTS.md and redraws
+bench/RESULTS.svg from it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +40,7 @@ from bench.run import (  # noqa: E402  (run as a script from the repository root
     paired_ratio,
     server_argv,
     wait_for,
+    write_chart,
     wrk,
 )
 
@@ -69,6 +74,17 @@ def token(issuer: str, n: int) -> str:
     return jws.serialize_compact({"alg": "ES256", "typ": "at+jwt", "kid": KEY.kid}, json.dumps(claims), KEY)
 
 
+def verifications(plugin_url: str) -> float:
+    """The plugin's count of JWT signature verifications so far, whatever their result."""
+    text = httpx.get(f"{plugin_url}/metrics").text
+    return sum(float(n) for n in re.findall(r"^falcon_oauth_jwt_verifications_total\{[^}]*\} (\S+)$", text, re.M))
+
+
+def authenticated(plugin_url: str, body: dict) -> bool:
+    answer = httpx.post(f"{plugin_url}/plugin/authenticate", json=body).json()
+    return answer["result"]["authenticated"] is True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=3)
@@ -81,7 +97,7 @@ def main() -> None:
     if not shutil.which("wrk"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
     jwks_url, jwks = jwks_server()
-    standin = Process([sys.executable, str(BENCH / "standin.py"), "{port}", "0"], LOAD_CORE)
+    standin = Process([sys.executable, str(BENCH / "standin.py"), "{port}", "0", AUDIENCE], LOAD_CORE)
     wait_for(f"{standin.url}/stats")
     issuer = standin.url
     work = Path(tempfile.mkdtemp(prefix="bench-jwt-"))
@@ -94,10 +110,14 @@ def main() -> None:
         wait_for(f"{plugin.url}/health")
         wait_for(floor.url)
         repeated = token(issuer, 0)
+        for checked in ("bench-cached-token-0123456789", repeated, token(issuer, -1)):  # as in the .lua scripts
+            if not authenticated(plugin.url, {"credentials": {"type": "bearer", "token": checked}}):
+                raise RuntimeError("a workload's token is not authenticated: the runs would compare rejections")
         expected_rps = 8000  # more tokens than the unique runs can use, even on a fast machine
         tokens = [token(issuer, n) for n in range(1, expected_rps * args.seconds * args.rounds + 2)]
         (work / "tokens").write_text("\n".join(tokens) + "\n")
         runs: dict[str, list[dict]] = {"floor": [], "opaque": [], "jwt": [], "unique": []}
+        verified = {"jwt": 0.0, "unique": 0.0}  # signature verifications during the measured runs
         wrk_env = {"TOKEN": repeated, "TOKENS_FILE": str(work / "tokens")}
         for r in range(args.rounds):
             order = [("floor", floor, "cached.lua"), ("opaque", plugin, "cached.lua"),
@@ -105,9 +125,12 @@ def main() -> None:
             for name, p, script in order if r % 2 == 0 else order[::-1]:
                 if name != "unique":
                     wrk(p.url + "/plugin/authenticate", script, 32, 1, wrk_env)  # warm
+                before = verifications(plugin.url)
                 runs[name].append(wrk(p.url + "/plugin/authenticate", script, 32, args.seconds,
                                       {**wrk_env, "TOKENS_SKIP": str(r * expected_rps * args.seconds)}))
-        calls = httpx.get(f"{standin.url}/stats").json()["total"]
+                if name in verified:
+                    verified[name] += verifications(plugin.url) - before
+        stats = httpx.get(f"{standin.url}/stats").json()
     finally:
         plugin.stop()
         floor.stop()
@@ -126,11 +149,16 @@ def main() -> None:
               f"{ratio} |" for name, r, ratio in rows]
     report = "\n".join([f"## JWT access tokens ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {args.rounds} "
                         f"rounds of {args.seconds} s, medians; `python bench/jwt.py`)", "", *table, "",
-                        f"- introspection calls caused by JWTs during the runs: {calls}", ""])
+                        f"- introspection calls: {stats['total']}, for {stats['tokens']} distinct token(s): the "
+                        f"opaque one's, and {stats['tokens'] - 1} caused by JWTs",
+                        f"- JWT signature verifications during the runs of the repeated JWT: {verified['jwt']:.0f}; "
+                        f"during those of a new JWT every request: {verified['unique']:.0f}, for about "
+                        f"{sum(r['rps'] for r in runs['unique']) * args.seconds:.0f} requests (requests/s × s)", ""])
     print(report)
     if args.write and not args.quick:
         with (BENCH / "RESULTS.md").open("a") as results:
             results.write("\n" + report)
+        write_chart((BENCH / "RESULTS.md").read_text())  # its bars are RESULTS.md's rows, these included
 
 
 if __name__ == "__main__":

@@ -130,11 +130,29 @@ def test_a_valid_jwt_is_authenticated_in_both_dialects_without_a_call_to_the_ser
     assert jwt_count("valid") == before + 3
 
 
-def test_a_repeated_jwt_is_a_cache_hit(make_client, issuer):
+def test_a_repeated_jwt_is_a_cache_hit_without_a_second_verification(make_client, issuer):
     client = make_client(load_settings(issuer.environ()))
     token = issuer.token()
+    before = jwt_count("valid")
     assert verdict(client, token)["metadata"] == {"cache": "miss"}
+    assert jwt_count("valid") == before + 1
+    for _ in range(3):  # the cache is asked first: the signature is verified on a miss only
+        assert verdict(client, token)["metadata"] == {"cache": "hit"}
+    assert jwt_count("valid") == before + 1 and issuer.introspections == 0
+
+
+def test_a_cached_jwt_verdict_never_outlives_the_tokens_exp(make_client, issuer):
+    clock = Clock()
+    client = make_client(load_settings(issuer.environ(CLOCK_SKEW_SECONDS="0", CACHE_TTL="300")), **clock.clocks)
+    token = issuer.token(exp=int(clock.now) + 30)
+    assert verdict(client, token)["authenticated"] is True
+    clock.advance(25)
     assert verdict(client, token)["metadata"] == {"cache": "hit"}
+    clock.advance(6)  # past exp, well within CACHE_TTL: the entry is gone, the token verified again and refused
+    before = jwt_count("rejected")
+    answer = verdict(client, token)
+    assert answer["authenticated"] is False and answer["error_message"] == "token_expired"
+    assert answer["metadata"] == {"cache": "miss"} and jwt_count("rejected") == before + 1
 
 
 def test_local_policy_applies_to_jwt_claims_as_to_introspected_ones(make_client, issuer):

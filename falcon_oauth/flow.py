@@ -169,8 +169,8 @@ class Flow:
                 yield from self._introspect(PROBE_TOKEN)
             except Undecided:
                 pass
-        if self.jwks is not None and self.jwks.due(self._monotonic()):
-            yield Join(JWKS, self._fetch_jwks)
+        if self.jwks is not None:
+            yield from self._refresh_jwks()
         cache_ok, cache_errors = yield from self.cache.health()
         fresh = self._monotonic() - self.last_answer < READY_FRESH_SECONDS
         # JWTs are verified with the keys held, whatever introspection does
@@ -200,8 +200,7 @@ class Flow:
     def _verify_jwt(self, token: str) -> Generator[Any, Any, Introspected]:
         """One signature verification with the keys held; an unknown ``kid`` fetches the JWKS again, at most
         once per JWKS_MIN_REFETCH_SECONDS and once for every waiting request (a rotated-in key)."""
-        if self.jwks.due(self._monotonic()):
-            yield Join(JWKS, self._fetch_jwks)
+        yield from self._refresh_jwks()
         if self.jwks.keys is None:
             raise Undecided(core.AUTH_SERVER_UNAVAILABLE, "no JWKS fetched yet")
         try:
@@ -219,6 +218,17 @@ class Flow:
                 return Introspected(False, {}, core.INVALID_TOKEN)
         obs.child(obs.JWT_VERIFICATIONS, "valid" if record.active else "rejected").inc()
         return record
+
+    def _refresh_jwks(self) -> Effects:
+        """The scheduled fetch of the JWKS, when due. Before any key is held every request waits for it (one
+        fetch for all); once keys are held, the one request that claims the refresh fetches, the others go on
+        with the keys held, so an issuer that is slow or hung never holds up every new JWT."""
+        now = self._monotonic()
+        if self.jwks.keys is None:
+            if self.jwks.due(now):
+                yield Join(JWKS, self._fetch_jwks)
+        elif self.jwks.claim_refresh(now):
+            yield Join(JWKS, self._fetch_jwks)
 
     def _fetch_jwks(self) -> Generator[Any, Any, bool]:
         """The JWKS again; a failure keeps the keys held (and is retried after JWKS_MIN_REFETCH_SECONDS)."""

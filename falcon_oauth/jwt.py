@@ -375,9 +375,9 @@ def keyset_max_age(cache_control: str | None, default: float) -> float:
 
 
 class KeyRefresh:
-    """The state of one issuer's JWKS, without IO: the driver asks ``due`` (scheduled refresh) or
-    ``may_refetch`` (a token named an unknown ``kid``), sends ``request(url)`` and gives the answer to
-    ``fetched``. Times are of a monotonic clock.
+    """The state of one issuer's JWKS, without IO: the flow asks ``due`` (scheduled refresh, no keys yet),
+    ``claim_refresh`` (scheduled refresh, keys held) or ``may_refetch`` (a token named an unknown ``kid``),
+    sends ``request(url)`` and gives the answer to ``fetched``. Times are of a monotonic clock.
 
     - A successful fetch replaces the keys (old kids drop out: rotation) and schedules the next one after
       ``keyset_max_age(Cache-Control, refresh_seconds)``.
@@ -397,6 +397,14 @@ class KeyRefresh:
     def due(self, now_monotonic: float) -> bool:
         """Whether a scheduled fetch is due (at once when no keys were ever fetched)."""
         return now_monotonic >= self._next_refresh
+
+    def claim_refresh(self, now_monotonic: float) -> bool:
+        """Whether a scheduled fetch is due while keys are held; a True reserves it until the fetch answers (or
+        ``min_refetch_seconds`` pass), so one request refreshes and the others verify with the keys held."""
+        if not self.due(now_monotonic):
+            return False
+        self._next_refresh = now_monotonic + self.min_refetch_seconds
+        return True
 
     def may_refetch(self, now_monotonic: float) -> bool:
         """Whether an unknown ``kid`` may cause a fetch now; a True reserves it."""

@@ -13,6 +13,7 @@ import json
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from http.server import ThreadingHTTPServer
 
 import falcon.testing
@@ -42,11 +43,16 @@ class Issuer:
         self.jwks_status = 200
         self.jwks_fetches = 0
         self.introspections = 0
+        self.fetching = threading.Event()  # set by each JWKS fetch as it arrives
+        self.hold = threading.Event()  # cleared by a test: the JWKS answer waits for it (a hung issuer)
+        self.hold.set()
         owner = self
 
         class Handler(JsonHandler):
             def do_GET(self) -> None:  # noqa: N802
                 owner.jwks_fetches += 1
+                owner.fetching.set()
+                owner.hold.wait(10)
                 body = {"keys": [k.as_dict(private=False) for k in owner.keys]}
                 self.answer(owner.jwks_status, json.dumps(body).encode())
 
@@ -255,6 +261,48 @@ def test_a_failed_jwks_fetch_keeps_the_keys_held(make_client, issuer):
     clock.advance(301)
     assert verdict(client, issuer.token())["authenticated"] is True
     assert issuer.jwks_fetches == 2
+
+
+def test_a_hung_jwks_refresh_holds_up_only_the_request_that_makes_it(issuer, asgi):
+    clock = Clock()
+    app = create_app(load_settings(issuer.environ(JWKS_REFRESH_SECONDS="300", AUTH_SERVER_TIMEOUT="5")), asgi=asgi,
+                     **clock.clocks)
+    first, second, third = (issuer.token(jti=uuid.uuid4().hex) for _ in range(3))
+
+    def hang() -> None:  # a refresh is due, and the issuer now hangs
+        clock.advance(301)
+        issuer.hold.clear()
+        issuer.fetching.clear()
+
+    if asgi:
+        async def run():
+            async with falcon.testing.ASGIConductor(app) as conductor:
+                assert (await conductor.simulate_post("/plugin/authenticate", json=host_body(first))).json[
+                    "authenticated"] is True  # keys fetched
+                hang()
+                refreshing = asyncio.ensure_future(conductor.simulate_post("/plugin/authenticate",
+                                                                           json=host_body(second)))
+                while not issuer.fetching.is_set():
+                    await asyncio.sleep(0.01)
+                other = await asyncio.wait_for(conductor.simulate_post("/plugin/authenticate",
+                                                                       json=host_body(third)), 3)
+                held = not refreshing.done()
+                issuer.hold.set()
+                return other.json, held, (await refreshing).json
+        other, held, refreshed = asyncio.run(run())
+    else:
+        client = falcon.testing.TestClient(app)
+        assert verdict(client, first)["authenticated"] is True
+        hang()
+        with ThreadPoolExecutor(1) as pool:
+            refreshing = pool.submit(verdict, client, second)
+            assert issuer.fetching.wait(5)
+            other = verdict(client, third)
+            held = not refreshing.done()
+            issuer.hold.set()
+            refreshed = refreshing.result()
+    assert other["authenticated"] is True and held  # answered with the keys held while the refresh hung
+    assert refreshed["authenticated"] is True and issuer.jwks_fetches == 2
 
 
 def test_no_jwks_yet_is_503_never_a_verdict(make_client, issuer):

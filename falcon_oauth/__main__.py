@@ -72,7 +72,8 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     config = uvicorn.Config(create_app(settings, asgi=True), host=settings.host, port=settings.port,
-                            log_config=None, lifespan="on", timeout_graceful_shutdown=10)
+                            log_config=None, lifespan="on", timeout_graceful_shutdown=10,
+                            access_log=False)  # the decision line already says what each request got
     report(settings, [Listener(settings.host, settings.port)])
     uvicorn.Server(config).run(sockets=[sock])
 

@@ -290,5 +290,7 @@ def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level)))
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error", "gunicorn.access"):
         logger = logging.getLogger(name)
+        if name.endswith(".access") and not logger.propagate and not logger.handlers:
+            continue  # the server turned its access log off (uvicorn --no-access-log, the gunicorn settings)
         logger.handlers.clear()
         logger.propagate = True

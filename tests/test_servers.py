@@ -4,6 +4,7 @@ gunicorn wsgi:app, gunicorn with uvicorn workers. Same environment, same answers
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -42,6 +43,38 @@ def test_each_documented_command_serves_verdicts(authserver, name):
         stop(process)
     output = process.output()
     assert token not in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize("command", [
+    [sys.executable, "-m", "falcon_oauth"],
+    [sys.executable, "-m", "uvicorn", "falcon_oauth.asgi:app", "--host", "127.0.0.1", "--port", "{port}",
+     "--no-access-log"],
+    [sys.executable, "-m", "gunicorn", "-c", "python:falcon_oauth.gunicorn_conf", "--workers", "1",
+     "falcon_oauth.wsgi:app"],
+], ids=["python-m", "uvicorn-documented", "gunicorn-shipped-config"])
+def test_the_shipped_ways_to_run_log_a_decision_line_and_no_access_line(tmp_path, authserver, command):
+    process, url = start(command, authserver.environ(PROMETHEUS_MULTIPROC_DIR=str(tmp_path)))
+    try:
+        body = {"credentials": {"type": "bearer", "token": authserver.token("read")}}
+        for _ in range(3):
+            assert httpx.post(f"{url}/plugin/authenticate", json=body, timeout=10).json()["result"]["authenticated"]
+    finally:
+        stop(process)
+    output = process.output()
+    assert output.count('"outcome":"authenticated"') == 3  # the decision line of each request
+    assert "/plugin/authenticate HTTP/1.1" not in output  # and no server access line beside it
+
+
+def test_gunicorn_access_log_turns_on_as_json_lines(tmp_path, authserver):
+    process, url = start([sys.executable, "-m", "gunicorn", "-c", "python:falcon_oauth.gunicorn_conf", "--workers", "1",
+                          "falcon_oauth.wsgi:app"],
+                         authserver.environ(PROMETHEUS_MULTIPROC_DIR=str(tmp_path), GUNICORN_ACCESS_LOG="true"))
+    try:
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    finally:
+        stop(process)
+    (line,) = [line for line in process.output().splitlines() if "GET /health HTTP/1.1" in line]
+    assert json.loads(line)["logger"] == "gunicorn.access"
 
 
 @pytest.mark.parametrize("config, worker, bad", [

@@ -10,7 +10,9 @@
 
 This module imports neither falcon, httpx nor dogpile, reads no clock and opens no connection: the time is
 passed in (``now``: Unix time for claims; ``now_monotonic``: any monotonic clock for ``KeyRefresh``).
-Parsing, JWK import and signature verification are joserfc's; nothing here does crypto by hand.
+Parsing, JWK import and signature verification are joserfc's; nothing here does crypto by hand. joserfc is
+imported where it is used, so a plugin without JWT_VALIDATION never loads it: with the cryptography it
+brings, some 11 MB resident per worker (measured on the shipped requirements).
 
 Names are as briefed; additions: ``JwtPolicy.validated()`` (ValueError for a policy that must not be
 loaded), ``KeySet.fitting(alg)`` and ``len(KeySet)``, ``UnknownKey.kid``, and the size/bound constants.
@@ -67,9 +69,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import orjson
-from joserfc import jws
-from joserfc.errors import JoseError, UnsupportedAlgorithmError
-from joserfc.jwk import ECKey, JWKRegistry, OKPKey
 
 from .core import (
     INVALID_AUDIENCE,
@@ -197,13 +196,16 @@ def _usable_key(data: Any) -> Any | None:
         modulus = _b64decode(data["n"]) if isinstance(data.get("n"), str) else None
         if modulus is None or int.from_bytes(modulus, "big").bit_length() < MIN_RSA_BITS:
             return None
+    from joserfc.errors import JoseError
+    from joserfc.jwk import JWKRegistry
+
     try:
         key = JWKRegistry.import_key(data)
     except (JoseError, ValueError, TypeError, KeyError):
         return None
     if key.is_private:
         return None
-    if isinstance(key, OKPKey) and key.curve_name not in _EDDSA_CURVES:
+    if key.key_type == "OKP" and key.curve_name not in _EDDSA_CURVES:
         return None
     return key
 
@@ -214,7 +216,7 @@ def _fits(key: Any, alg: str) -> bool:
         return False
     if key.alg is not None and key.alg != alg:
         return False
-    if isinstance(key, ECKey):
+    if key.key_type == "EC":
         return key.curve_name == {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}[alg]
     return True
 
@@ -258,26 +260,28 @@ class KeySet:
 
 # -- verification ---------------------------------------------------------------------------------------
 
-class _Registry(jws.JWSRegistry):
-    """joserfc's JWS registry limited to the asymmetric algorithms the policy allows. ``get_alg`` is what
-    joserfc asks for the token's ``alg``: anything else (``none``, HS*) is refused here, and no
-    deprecation warning is raised for EdDSA on every request."""
-
-    max_header_length = MAX_HEADER_LENGTH
-    max_payload_length = MAX_TOKEN_LENGTH
-    max_signature_length = MAX_SIGNATURE_LENGTH
-
-    def get_alg(self, name: str) -> Any:
-        if name not in ASYMMETRIC or name not in (self.allowed or ()) or name not in self.algorithms:
-            raise UnsupportedAlgorithmError(f"Algorithm of '{name}' is not allowed")
-        return self.algorithms[name]
-
-
 @functools.lru_cache(maxsize=16)
-def _registry(algorithms: tuple[str, ...]) -> _Registry:  # stateless once made: one per policy
+def _registry(algorithms: tuple[str, ...]) -> Any:  # stateless once made: one per policy
+    from joserfc import jws
+    from joserfc.errors import UnsupportedAlgorithmError
+
+    class Registry(jws.JWSRegistry):
+        """joserfc's JWS registry limited to the asymmetric algorithms the policy allows. ``get_alg`` is what
+        joserfc asks for the token's ``alg``: anything else (``none``, HS*) is refused here, and no
+        deprecation warning is raised for EdDSA on every request."""
+
+        max_header_length = MAX_HEADER_LENGTH
+        max_payload_length = MAX_TOKEN_LENGTH
+        max_signature_length = MAX_SIGNATURE_LENGTH
+
+        def get_alg(self, name: str) -> Any:
+            if name not in ASYMMETRIC or name not in (self.allowed or ()) or name not in self.algorithms:
+                raise UnsupportedAlgorithmError(f"Algorithm of '{name}' is not allowed")
+            return self.algorithms[name]
+
     # strict_check_header off: unknown header parameters are ignored (RFC 7515 §4); refused ones are
     # refused before joserfc sees the token.
-    return _Registry(algorithms=[a for a in algorithms if a in ASYMMETRIC], strict_check_header=False)
+    return Registry(algorithms=[a for a in algorithms if a in ASYMMETRIC], strict_check_header=False)
 
 
 def _rejected(reason: str) -> Introspected:
@@ -321,6 +325,9 @@ def verify(token: str, keys: KeySet, policy: JwtPolicy, now: float) -> Introspec
         if unknown:
             raise UnknownKey(kid)
         return _rejected(INVALID_TOKEN)  # the named key cannot verify this alg, or no kid and several fit
+    from joserfc import jws
+    from joserfc.errors import JoseError
+
     registry = _registry(policy.algorithms)
     try:
         signed = jws.extract_compact(token.encode("ascii"), registry=registry)

@@ -7,8 +7,8 @@ a loopback thread of this script; the stand-in authorization server answers with
 opaque token is authenticated as the JWTs are (like for like), and counts introspection calls, which JWTs must
 not cause. The plugin's own counter of signature verifications is read around every run: none during the runs
 of the repeated JWT, one per request during those of new JWTs. Servers on core 0, wrk on core 1; ratios are
-medians of each round's ratio. Prints a Markdown table; ``--write`` appends it to bench/RESULTS.md and redraws
-bench/RESULTS.svg from it.
+medians of each round's ratio. Prints a Markdown table; ``--write`` puts it at the end of bench/RESULTS.md
+(in place of its own section of an earlier run) and redraws bench/RESULTS.svg from it.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ from bench.run import (  # noqa: E402  (run as a script from the repository root
 AUDIENCE = "https://bench.example.test"
 KEY = ECKey.generate_key("P-256", parameters={"kid": "bench-ec"})
 
+
+SECTION = "## JWT access tokens"  # the heading of this benchmark's part of RESULTS.md
 
 def jwks_server() -> tuple[str, ThreadingHTTPServer]:
     body = json.dumps({"keys": [KEY.as_dict(private=False)]}).encode()
@@ -90,7 +92,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s: check that it runs")
-    parser.add_argument("--write", action="store_true", help="append the table to bench/RESULTS.md")
+    parser.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds = 2, 1
@@ -147,7 +149,7 @@ def main() -> None:
     table = ["| mode | workload | requests/s | p50 ms | p99 ms | non-2xx | ratio |", "|---|---|---|---|---|---|---|"]
     table += [f"| asgi | {name}, 32 conns | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['non2xx']:.0f} | "
               f"{ratio} |" for name, r, ratio in rows]
-    report = "\n".join([f"## JWT access tokens ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {args.rounds} "
+    report = "\n".join([f"{SECTION} ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {args.rounds} "
                         f"rounds of {args.seconds} s, medians; `python bench/jwt.py`)", "", *table, "",
                         f"- introspection calls: {stats['total']}, for {stats['tokens']} distinct token(s): the "
                         f"opaque one's, and {stats['tokens'] - 1} caused by JWTs",
@@ -156,9 +158,12 @@ def main() -> None:
                         f"{sum(r['rps'] for r in runs['unique']) * args.seconds:.0f} requests (requests/s × s)", ""])
     print(report)
     if args.write and not args.quick:
-        with (BENCH / "RESULTS.md").open("a") as results:
-            results.write("\n" + report)
-        write_chart((BENCH / "RESULTS.md").read_text())  # its bars are RESULTS.md's rows, these included
+        results = BENCH / "RESULTS.md"
+        earlier = results.read_text()
+        if SECTION in earlier:  # this benchmark's section of an earlier run is replaced, not repeated
+            earlier = earlier[:earlier.index(SECTION)].rstrip("\n") + "\n"
+        results.write_text(earlier + "\n" + report)
+        write_chart(results.read_text())  # its bars are RESULTS.md's rows, these included
 
 
 if __name__ == "__main__":

@@ -1,15 +1,19 @@
 """The falcon-oauth benchmark: ``python bench/run.py`` (``--seconds``, ``--rounds``; ``--quick`` for a smoke run).
 
-Starts a stand-in authorization server (aiohttp, configurable latency), the plugin in each mode
-(``uvicorn asgi:app``, one worker; ``gunicorn wsgi:app``, one worker, 16 threads) and the floor (a Falcon app
-that parses the plugin request and answers a constant) under the same server and flags. Servers run on
-core 0, the load generator (wrk) and the stand-in on core 1. A and B are alternated and medians reported,
-so the ratios of one run are what counts, not absolute numbers across runs. Each ratio is the median of
-the ratios of one round (A and B measured back to back): this shared machine's speed drifts by a third
-within minutes, which a ratio of two medians taken minutes apart would carry.
+Starts a stand-in authorization server (aiohttp, configurable latency), the plugin in each mode as it ships
+(``uvicorn asgi:app`` on httptools and uvloop without an access log, one worker; ``gunicorn`` with the
+shipped settings, ``python:falcon_oauth.gunicorn_conf``, one worker) and the floor (a Falcon app that parses
+the plugin request and answers a constant) under the same server and flags, and a memcached for the plugin
+with ``CACHE_BACKEND=memcached``. Servers run on core 0, on a Python with requirements.txt alone
+(bench/.venv, made on first use); the load generator (wrk), the stand-in and memcached on core 1. A and B
+are alternated and medians reported, so the ratios of one run are what counts, not absolute numbers across
+runs. Each ratio is the median of the ratios of one round (A and B measured back to back): this shared
+machine's speed drifts by a third within minutes, which a ratio of two medians taken minutes apart would
+carry.
 
-Prints a Markdown table and writes it, with the date and the core count, to bench/RESULTS.md, and a chart of
-its requests/s beside it, bench/RESULTS.svg (``--chart`` redraws the chart from RESULTS.md without running).
+Prints a Markdown table and writes it, with the date and the core count, to bench/RESULTS.md (keeping the
+sections other benchmarks append, such as ``bench/jwt.py``'s), and a chart of its requests/s beside it,
+bench/RESULTS.svg (``--chart`` redraws the chart from RESULTS.md without running).
 """
 
 from __future__ import annotations
@@ -57,7 +61,11 @@ class Process:
     def __init__(self, argv: list[str], core: str, env: dict[str, str] | None = None, port: int | None = None):
         self.port = port or free_port()
         argv = [a.format(port=self.port) for a in argv]
-        self.popen = subprocess.Popen(["taskset", "-c", core, *argv], cwd=ROOT, env={**os.environ, **(env or {})},
+        # each gunicorn its own Prometheus directory (the shipped settings empty it when the master starts);
+        # uvicorn's one process counts in memory, as it ships
+        self.prom = tempfile.mkdtemp(prefix="bench-prom-") if "gunicorn" in argv else None
+        env = {**({"PROMETHEUS_MULTIPROC_DIR": self.prom} if self.prom else {}), **(env or {})}
+        self.popen = subprocess.Popen(["taskset", "-c", core, *argv], cwd=ROOT, env={**os.environ, **env},
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -76,15 +84,34 @@ class Process:
             self.popen.wait(10)
         except subprocess.TimeoutExpired:
             self.popen.kill()
+        if self.prom:
+            shutil.rmtree(self.prom, ignore_errors=True)
 
 
-def server_argv(mode: str, app: str, threads: int = 16) -> list[str]:
-    py = sys.executable
+SHIPPED = BENCH / ".venv"
+
+
+def shipped_python() -> str:
+    """A Python with requirements.txt alone (bench/.venv, made on first use): what the servers run on. The
+    test requirements bring more into a process (httpx, for one, then loads its command line's rich and
+    pygments), which memory figures must not count."""
+    python = SHIPPED / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(SHIPPED)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(ROOT / "requirements.txt")], check=True)
+    return str(python)
+
+
+def server_argv(mode: str, app: str) -> list[str]:
+    """The server as it ships, one worker, on the shipped requirements. The floor runs under the same command:
+    the gunicorn settings check the plugin's settings in the master, so a floor under gunicorn gets the
+    plugin's environment too."""
+    py = shipped_python()
     if mode == "asgi":
         return [py, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", "{port}", "--workers", "1",
-                "--no-access-log", "--log-level", "warning"]
-    return [py, "-m", "gunicorn", app, "-b", "127.0.0.1:{port}", "--workers", "1", "--threads", str(threads),
-            "-k", "gthread", "--log-level", "warning", "--backlog", "2048"]
+                "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning"]
+    return [py, "-m", "gunicorn", "-c", "python:falcon_oauth.gunicorn_conf", app, "-b", "127.0.0.1:{port}",
+            "--workers", "1", "--log-level", "warning", "--backlog", "2048"]
 
 
 APPS = {"asgi": ("asgi:app", "bench.floor:asgi_app"), "wsgi": ("wsgi:app", "bench.floor:wsgi_app")}
@@ -182,9 +209,10 @@ def main() -> None:
         args.seconds, args.rounds = 2, 1
     if not shutil.which("wrk"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
-    prom = tempfile.mkdtemp(prefix="bench-prom-")
     standins = {latency: Process([sys.executable, str(BENCH / "standin.py"), "{port}", str(latency)], LOAD_CORE)
                 for latency in (0, 50)}
+    memcached = Process(["memcached", "-l", "127.0.0.1", "-p", "{port}", "-U", "0", "-m", "256", "-u", "root"],
+                        LOAD_CORE)
     for s in standins.values():
         wait_for(f"{s.url}/stats")
     rows: list[tuple[str, str, dict, str]] = []
@@ -193,27 +221,23 @@ def main() -> None:
         for mode in ("asgi", "wsgi"):
             plugin_app, floor_app = APPS[mode]
             env = {"AUTH_SERVER_URL": standins[0].url, "INTROSPECTION_ENDPOINT": "/introspect",
-                   "OAUTH_CLIENT_SECRET": "bench-secret", "LOG_LEVEL": "INFO",
-                   "PROMETHEUS_MULTIPROC_DIR": "" if mode == "asgi" else prom}
-            env = {k: v for k, v in env.items() if v}
+                   "OAUTH_CLIENT_SECRET": "bench-secret", "LOG_LEVEL": "INFO"}
             plugin = Process(server_argv(mode, plugin_app), SERVER_CORE, env)
             quiet = Process(server_argv(mode, plugin_app), SERVER_CORE, {**env, "LOG_LEVEL": "WARNING"})
-            floor = Process(server_argv(mode, floor_app), SERVER_CORE)
+            shared = Process(server_argv(mode, plugin_app), SERVER_CORE,
+                             {**env, "CACHE_BACKEND": "memcached", "MEMCACHED_SERVERS": f"127.0.0.1:{memcached.port}"})
+            floor = Process(server_argv(mode, floor_app), SERVER_CORE, env)
             slow_env = {**env, "AUTH_SERVER_URL": standins[50].url}
             slow_plugin = Process(server_argv(mode, plugin_app), SERVER_CORE, slow_env)
             spray = Process(server_argv(mode, plugin_app), SERVER_CORE, {**env, "CACHE_MAX_ENTRIES": "5000"})
-            # WSGI holds a thread per request in flight: with 16 threads, 32 connections at 50 ms cap it at
-            # 16 / 0.05 s = 320 requests/s. The same run with a thread per connection shows what the plugin does
-            # when threads are not the limit.
-            wide = [Process(server_argv(mode, plugin_app, threads=32), SERVER_CORE, slow_env)] if mode == "wsgi" else []
             try:
-                for p in (plugin, quiet, floor, slow_plugin, spray, *wide):
+                for p in (plugin, quiet, shared, floor, slow_plugin, spray):
                     wait_for(f"{p.url}/health" if p is not floor else p.url)
                 idle = plugin.rss_mb()
-                # cached: plugin and floor alternated
-                runs = {"plugin": [], "quiet": [], "floor": []}
+                # cached: the plugin (memory cache at INFO and WARNING, memcached at INFO) and the floor alternated
+                runs = {"plugin": [], "quiet": [], "shared": [], "floor": []}
                 for r in range(args.rounds):
-                    order = [("floor", floor), ("plugin", plugin), ("quiet", quiet)]
+                    order = [("floor", floor), ("plugin", plugin), ("quiet", quiet), ("shared", shared)]
                     for name, p in order if r % 2 == 0 else order[::-1]:
                         wrk(p.url + "/plugin/authenticate", "cached.lua", 32, 1)  # warm
                         runs[name].append(wrk(p.url + "/plugin/authenticate", "cached.lua", 32, args.seconds))
@@ -222,25 +246,24 @@ def main() -> None:
                                     ("quiet", "cached token, LOG_LEVEL=WARNING")):
                     ratio = f"{paired_ratio(runs[name], runs['floor']):.2f} × floor"
                     rows.append((mode, f"{label}, 32 conns", median_run(runs[name]), ratio))
+                ratio = f"{paired_ratio(runs['shared'], runs['plugin']):.2f} × memory"
+                rows.append((mode, "cached token, CACHE_BACKEND=memcached, LOG_LEVEL=INFO, 32 conns",
+                             median_run(runs["shared"]), ratio))
                 # unique tokens, authorization server at 0 ms
                 unique0 = median_run([wrk(plugin.url + "/plugin/authenticate", "unique.lua", 32, args.seconds,
                                           {"TOKEN_PREFIX": f"{mode}0r{r}"}) for r in range(args.rounds)])
                 rows.append((mode, "unique tokens, server at 0 ms, 32 conns", unique0, ""))
                 loaded = plugin.rss_mb()
                 # unique tokens, authorization server at 50 ms, against the stand-in served directly
-                direct, unique50, wide50 = [], [], []
+                direct, unique50 = [], []
                 for r in range(args.rounds):
                     pair = [(direct, standins[50].url + "/introspect", "standin.lua"),
-                            (unique50, slow_plugin.url + "/plugin/authenticate", "unique.lua"),
-                            *[(wide50, p.url + "/plugin/authenticate", "unique.lua") for p in wide]]
+                            (unique50, slow_plugin.url + "/plugin/authenticate", "unique.lua")]
                     for n, (runs_of, url, script) in enumerate(pair if r % 2 == 0 else pair[::-1]):
                         runs_of.append(wrk(url, script, 32, args.seconds, {"TOKEN_PREFIX": f"{mode}50r{r}n{n}"}))
                 rows.append((mode, "stand-in at 50 ms served directly, 32 conns", median_run(direct), ""))
                 rows.append((mode, "unique tokens, server at 50 ms, 32 conns", median_run(unique50),
                              f"{paired_ratio(unique50, direct):.2f} × direct"))
-                if wide50:
-                    rows.append((mode, "unique tokens, server at 50 ms, 32 conns, 32 threads (the default is 16)",
-                                 median_run(wide50), f"{paired_ratio(wide50, direct):.2f} × direct"))
                 # herd: 200 concurrent requests for one new token
                 httpx.post(f"{standins[50].url}/reset")
                 statuses = asyncio.run(herd(slow_plugin.url, f"herd-{mode}-{time.time()}", 200))
@@ -258,12 +281,11 @@ def main() -> None:
                              f"CACHE_MAX_ENTRIES=5000: {full:.1f} MB once full, {spray.rss_mb():.1f} MB after "
                              f"{sprayed} more distinct tokens")
             finally:
-                for p in (plugin, quiet, floor, slow_plugin, spray, *wide):
+                for p in (plugin, quiet, shared, floor, slow_plugin, spray):
                     p.stop()
     finally:
-        for s in standins.values():
+        for s in (*standins.values(), memcached):
             s.stop()
-        shutil.rmtree(prom, ignore_errors=True)
 
     table = ["| mode | workload | requests/s | p50 ms | p99 ms | non-2xx | ratio |", "|---|---|---|---|---|---|---|"]
     for mode, name, r, ratio in rows:
@@ -272,13 +294,18 @@ def main() -> None:
     report = "\n".join([
         f"# Benchmark results ({datetime.date.today().isoformat()}, {os.cpu_count()} cores, "
         f"{args.rounds} rounds of {args.seconds} s, medians)", "",
-        "Servers on core 0; wrk and the stand-in authorization server on core 1. `python bench/run.py`.",
+        "Servers on core 0; wrk, the stand-in authorization server and memcached on core 1. `python bench/run.py`.",
+        "uvicorn on httptools and uvloop without an access log, gunicorn with the shipped settings (64 threads),",
+        "one worker each; the floor under the same server and flags.",
         "Requests/s and latencies are medians over rounds; a ratio is the median of each round's ratio.", "",
         *table, "", *[f"- {n}" for n in notes], ""])
     print(report)
     if not args.quick:
-        (BENCH / "RESULTS.md").write_text(report)
-        write_chart(report)
+        results = BENCH / "RESULTS.md"
+        earlier = results.read_text() if results.exists() else ""
+        appended = earlier[earlier.index("\n## "):] if "\n## " in earlier else ""  # bench/jwt.py's section
+        results.write_text(report + appended)
+        write_chart(report + appended)
 
 
 if __name__ == "__main__":

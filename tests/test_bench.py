@@ -35,3 +35,10 @@ def test_the_committed_chart_is_the_one_of_the_committed_results():
 def test_no_workload_refers_to_an_issue():
     assert all("issue" not in workload.lower() for _, workload, _, _ in run.table_rows(RESULTS))
     assert "issue" not in (ROOT / "bench" / "run.py").read_text().lower()
+
+
+def test_the_readme_shows_the_committed_results():
+    readme = (ROOT / "README.md").read_text()
+    main = RESULTS[:RESULTS.index("\n## ")] if "\n## " in RESULTS else RESULTS
+    table = "\n".join(line for line in main.splitlines() if line.startswith("|"))
+    assert table in readme

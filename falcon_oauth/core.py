@@ -112,6 +112,7 @@ class Introspected:
     active: bool
     claims: Mapping[str, Any] = field(default_factory=dict)
     reason: str | None = None  # why inactive
+    cacheable: bool = True  # False for a refusal that may not hold seconds later (a JWT key not fetched yet)
 
     def to_json(self) -> dict[str, Any]:
         return {"active": self.active, "claims": dict(self.claims), "reason": self.reason}
@@ -702,7 +703,7 @@ def decide(record: Introspected, now: float, clock_skew: float, policy: Policy =
 def cache_ttl(record: Introspected, now: float, ttl: float, negative_ttl: float) -> float:
     """Seconds a record may be kept: never past the token's ``exp``; 0 means do not cache."""
     if not record.active:
-        return max(negative_ttl, 0)
+        return max(negative_ttl, 0) if record.cacheable else 0
     if "exp" in record.claims:
         return max(min(ttl, record.claims["exp"] - now), 0)
     return max(ttl, 0)

@@ -215,7 +215,9 @@ class Flow:
                     pass
             if record is None:
                 obs.child(obs.JWT_VERIFICATIONS, "unknown_key").inc()
-                return Introspected(False, {}, core.INVALID_TOKEN)
+                # not cached: the key may be published by the next refetch (a spray of made-up kids may
+                # have taken this one), and the token should pass then
+                return Introspected(False, {}, core.INVALID_TOKEN, cacheable=False)
         obs.child(obs.JWT_VERIFICATIONS, "valid" if record.active else "rejected").inc()
         return record
 

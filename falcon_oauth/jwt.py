@@ -381,6 +381,9 @@ def keyset_max_age(cache_control: str | None, default: float) -> float:
     return min(max(max_age, MIN_KEYSET_AGE), MAX_KEYSET_AGE)
 
 
+KEYS_HELD_AT_MOST = 86400.0  # seconds past the last successful JWKS fetch that failed fetches keep its keys
+
+
 class KeyRefresh:
     """The state of one issuer's JWKS, without IO: the flow asks ``due`` (scheduled refresh, no keys yet),
     ``claim_refresh`` (scheduled refresh, keys held) or ``may_refetch`` (a token named an unknown ``kid``),
@@ -389,7 +392,9 @@ class KeyRefresh:
     - A successful fetch replaces the keys (old kids drop out: rotation) and schedules the next one after
       ``keyset_max_age(Cache-Control, refresh_seconds)``.
     - A failed one (non-200, not a JWKS, no usable key) keeps the known keys and is retried after
-      ``min_refetch_seconds``, not before: an issuer that is down is not hammered.
+      ``min_refetch_seconds``, not before: an issuer that is down is not hammered. Keys are kept so at
+      most ``KEYS_HELD_AT_MOST`` after the last successful fetch: a failed fetch later than that drops
+      them (JWTs then get 503 until a fetch succeeds).
     - ``may_refetch`` answers True at most once per ``min_refetch_seconds`` since the last fetch or granted
       refetch: a True is a promise to fetch, so concurrent requests with forged kids cause one fetch.
     """
@@ -400,6 +405,7 @@ class KeyRefresh:
         self.keys: KeySet | None = None
         self._next_refresh = -math.inf
         self._last_fetch = -math.inf
+        self._last_success = -math.inf
 
     def due(self, now_monotonic: float) -> bool:
         """Whether a scheduled fetch is due (at once when no keys were ever fetched)."""
@@ -431,8 +437,11 @@ class KeyRefresh:
                 keys = None
         if not keys:
             self._next_refresh = now_monotonic + self.min_refetch_seconds
+            if now_monotonic - self._last_success > KEYS_HELD_AT_MOST:
+                self.keys = None  # a key the issuer withdrew must not pass forever while its JWKS is down
             return False
         self.keys = keys
+        self._last_success = now_monotonic
         self._next_refresh = now_monotonic + keyset_max_age(cache_control, self.refresh_seconds)
         return True
 

@@ -253,6 +253,19 @@ def test_a_rotation_is_followed_without_a_restart(make_client, issuer):
     assert issuer.jwks_fetches == 3
 
 
+def test_a_refusal_for_a_key_not_yet_published_is_not_cached(make_client, issuer):
+    """A spray of made-up kids may take the refetch a rotated-in key needed: its first tokens are refused then,
+    but not remembered as refused, so they pass once a refetch finds the key."""
+    clock = Clock()
+    client = make_client(load_settings(issuer.environ(CACHE_NEGATIVE_TTL="300")), **clock.clocks)
+    early = issuer.token(key=RSA_B)  # key-b is not published yet
+    assert verdict(client, early)["error_message"] == "invalid_token"
+    issuer.keys = [RSA_A, RSA_B]
+    clock.advance(11)  # past JWKS_MIN_REFETCH_SECONDS, well within CACHE_NEGATIVE_TTL
+    assert verdict(client, early)["authenticated"] is True
+    assert issuer.jwks_fetches == 2
+
+
 def test_a_failed_jwks_fetch_keeps_the_keys_held(make_client, issuer):
     clock = Clock()
     client = make_client(load_settings(issuer.environ(JWKS_REFRESH_SECONDS="300")), **clock.clocks)

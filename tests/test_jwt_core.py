@@ -380,6 +380,19 @@ def test_a_failed_fetch_keeps_the_known_keys_and_retries_after_the_minimum(statu
     assert not state.due(629.0) and state.due(630.0)
 
 
+def test_failed_fetches_keep_the_keys_a_day_at_most_after_the_last_success():
+    """A key the issuer withdrew (compromised, say) must not pass forever while its JWKS cannot be fetched."""
+    state = KeyRefresh(refresh_seconds=600, min_refetch_seconds=30)
+    state.fetched(200, jwks(RSA), None, 0.0)
+    assert not state.fetched(503, b"", None, jwt.KEYS_HELD_AT_MOST)
+    assert state.keys.kids == {"rsa-1"}
+    assert not state.fetched(503, b"", None, jwt.KEYS_HELD_AT_MOST + 1)
+    assert state.keys is None
+    assert state.fetched(200, jwks(RSA), None, jwt.KEYS_HELD_AT_MOST + 31)  # held again once a fetch succeeds
+    assert not state.fetched(503, b"", None, 2 * jwt.KEYS_HELD_AT_MOST)
+    assert state.keys.kids == {"rsa-1"}
+
+
 def test_a_failed_first_fetch_leaves_no_keys_and_is_retried_after_the_minimum():
     state = KeyRefresh(refresh_seconds=600, min_refetch_seconds=30)
     assert not state.fetched(503, b"", None, 0.0)

@@ -224,20 +224,20 @@ def main() -> None:
                    "OAUTH_CLIENT_SECRET": "bench-secret", "LOG_LEVEL": "INFO"}
             plugin = Process(server_argv(mode, plugin_app), SERVER_CORE, env)
             quiet = Process(server_argv(mode, plugin_app), SERVER_CORE, {**env, "LOG_LEVEL": "WARNING"})
-            shared = Process(server_argv(mode, plugin_app), SERVER_CORE,
+            pooled = Process(server_argv(mode, plugin_app), SERVER_CORE,
                              {**env, "CACHE_BACKEND": "memcached", "MEMCACHED_SERVERS": f"127.0.0.1:{memcached.port}"})
             floor = Process(server_argv(mode, floor_app), SERVER_CORE, env)
             slow_env = {**env, "AUTH_SERVER_URL": standins[50].url}
             slow_plugin = Process(server_argv(mode, plugin_app), SERVER_CORE, slow_env)
             spray = Process(server_argv(mode, plugin_app), SERVER_CORE, {**env, "CACHE_MAX_ENTRIES": "5000"})
             try:
-                for p in (plugin, quiet, shared, floor, slow_plugin, spray):
+                for p in (plugin, quiet, pooled, floor, slow_plugin, spray):
                     wait_for(f"{p.url}/health" if p is not floor else p.url)
                 idle = plugin.rss_mb()
                 # cached: the plugin (memory cache at INFO and WARNING, memcached at INFO) and the floor alternated
-                runs = {"plugin": [], "quiet": [], "shared": [], "floor": []}
+                runs = {"plugin": [], "quiet": [], "pooled": [], "floor": []}
                 for r in range(args.rounds):
-                    order = [("floor", floor), ("plugin", plugin), ("quiet", quiet), ("shared", shared)]
+                    order = [("floor", floor), ("plugin", plugin), ("quiet", quiet), ("pooled", pooled)]
                     for name, p in order if r % 2 == 0 else order[::-1]:
                         wrk(p.url + "/plugin/authenticate", "cached.lua", 32, 1)  # warm
                         runs[name].append(wrk(p.url + "/plugin/authenticate", "cached.lua", 32, args.seconds))
@@ -246,9 +246,9 @@ def main() -> None:
                                     ("quiet", "cached token, LOG_LEVEL=WARNING")):
                     ratio = f"{paired_ratio(runs[name], runs['floor']):.2f} × floor"
                     rows.append((mode, f"{label}, 32 conns", median_run(runs[name]), ratio))
-                ratio = f"{paired_ratio(runs['shared'], runs['plugin']):.2f} × memory"
+                ratio = f"{paired_ratio(runs['pooled'], runs['plugin']):.2f} × memory"
                 rows.append((mode, "cached token, CACHE_BACKEND=memcached, LOG_LEVEL=INFO, 32 conns",
-                             median_run(runs["shared"]), ratio))
+                             median_run(runs["pooled"]), ratio))
                 # unique tokens, authorization server at 0 ms
                 unique0 = median_run([wrk(plugin.url + "/plugin/authenticate", "unique.lua", 32, args.seconds,
                                           {"TOKEN_PREFIX": f"{mode}0r{r}"}) for r in range(args.rounds)])
@@ -281,7 +281,7 @@ def main() -> None:
                              f"CACHE_MAX_ENTRIES=5000: {full:.1f} MB once full, {spray.rss_mb():.1f} MB after "
                              f"{sprayed} more distinct tokens")
             finally:
-                for p in (plugin, quiet, shared, floor, slow_plugin, spray):
+                for p in (plugin, quiet, pooled, floor, slow_plugin, spray):
                     p.stop()
     finally:
         for s in (*standins.values(), memcached):

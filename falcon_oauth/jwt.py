@@ -392,7 +392,7 @@ class KeyRefresh:
     - A successful fetch replaces the keys (old kids drop out: rotation) and schedules the next one after
       ``keyset_max_age(Cache-Control, refresh_seconds)``.
     - A failed one (non-200, not a JWKS, no usable key) keeps the known keys and is retried after
-      ``min_refetch_seconds``, not before: an issuer that is down is not hammered. Keys are kept so at
+      ``min_refetch_seconds``, not before: an issuer that is down is not hammered. Keys are kept so for at
       most ``KEYS_HELD_AT_MOST`` after the last successful fetch: a failed fetch later than that drops
       them (JWTs then get 503 until a fetch succeeds).
     - ``may_refetch`` answers True at most once per ``min_refetch_seconds`` since the last fetch or granted

@@ -51,7 +51,9 @@ def test_each_documented_command_serves_verdicts(authserver, name):
      "--no-access-log"],
     [sys.executable, "-m", "gunicorn", "-c", "python:falcon_oauth.gunicorn_conf", "--workers", "1",
      "falcon_oauth.wsgi:app"],
-], ids=["python-m", "uvicorn-documented", "gunicorn-shipped-config"])
+    [sys.executable, "-m", "gunicorn", "-c", "python:falcon_oauth.gunicorn_conf", "--workers", "1",
+     "-k", "uvicorn_worker.UvicornWorker", "falcon_oauth.asgi:app"],
+], ids=["python-m", "uvicorn-documented", "gunicorn-shipped-config", "gunicorn-uvicorn-worker-shipped-config"])
 def test_the_shipped_ways_to_run_log_a_decision_line_and_no_access_line(tmp_path, authserver, command):
     process, url = start(command, authserver.environ(PROMETHEUS_MULTIPROC_DIR=str(tmp_path)))
     try:

@@ -50,6 +50,7 @@ KEY = ECKey.generate_key("P-256", parameters={"kid": "bench-ec"})
 
 SECTION = "## JWT access tokens"  # the heading of this benchmark's part of RESULTS.md
 
+
 def jwks_server() -> tuple[str, ThreadingHTTPServer]:
     body = json.dumps({"keys": [KEY.as_dict(private=False)]}).encode()
 

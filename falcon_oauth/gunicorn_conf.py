@@ -24,8 +24,8 @@ bind = f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
 worker_class = "gthread"
 # A gthread worker holds a thread per request in flight, so by Little's law it serves at most
-# threads / latency requests/s: 64 threads keep up with 1,280 requests/s per worker against a 50 ms
-# authorization server (cache hits hold a thread for well under a millisecond). Size it as
+# threads / latency requests/s: 64 threads allow 1,280 requests/s per worker against a 50 ms authorization
+# server, more than one worker's CPU handles (cache hits hold a thread for well under a millisecond). Size it as
 # threads >= expected requests/s per worker x the server's latency in seconds.
 threads = int(os.environ.get("GUNICORN_THREADS", "64"))
 timeout = 30  # longer than AUTH_SERVER_TIMEOUT plus a memcached lock wait
